@@ -1,0 +1,145 @@
+"""Named model specs: every released AIMv2 size, plus small ones for tests and examples.
+
+``get(name)`` returns the whole pre-training :class:`~aimv2.specs.ModelSpec` (encoder,
+the paper's decoder and objectives); ``.encoder`` is what a released checkpoint holds.
+
+Example:
+    >>> from aimv2 import presets
+    >>> spec = presets.get("aimv2-huge-patch14-336")
+    >>> spec.encoder.width, spec.encoder.num_patches, spec.decoder.width
+    (1536, 576, 1024)
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from . import specs as S
+from .specs import encoder_spec
+
+__all__ = ["get", "names", "register", "SIZES"]
+
+# width, depth, heads (head dim 128 for the released sizes)
+SIZES: dict[str, tuple[int, int, int]] = {
+    "base": (768, 12, 6),
+    "large": (1024, 24, 8),
+    "huge": (1536, 24, 12),
+    "1B": (2048, 24, 16),
+    "3B": (3072, 24, 24),
+}
+
+_REGISTRY: dict[str, S.ModelSpec] = {}
+
+
+def register(name: str, spec: S.ModelSpec) -> None:
+    """Add a named spec (a user's own variant, say) to :func:`get` and :func:`names`.
+
+    Example:
+        >>> register("my-variant", get("aimv2-test-tiny"))
+        >>> "my-variant" in names()
+        True
+    """
+    if not isinstance(spec, S.ModelSpec):
+        raise TypeError(f"spec: expected a ModelSpec, got {type(spec).__name__}")
+    if spec.name != name:
+        spec = spec.replace(name=name)
+    _REGISTRY[name] = spec
+
+
+def names() -> list[str]:
+    """Every registered preset name.
+
+    Example:
+        >>> "aimv2-large-patch14-native" in names()
+        True
+    """
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> S.ModelSpec:
+    """The whole-model spec named ``name``; unknown names get close matches suggested.
+
+    Example:
+        >>> get("aimv2-1B-patch14-448").encoder.trunk.block.mlp.hidden
+        5632
+    """
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, _REGISTRY, n=3)
+        hint = f"; did you mean {close}?" if close else "; see aimv2.presets.names()"
+        raise KeyError(f"preset name={name!r} is unknown{hint}")
+    return _REGISTRY[name]
+
+
+def _paper_model(encoder: S.EncoderSpec, name: str) -> S.ModelSpec:
+    return S.ModelSpec(
+        encoder=encoder,
+        decoder=S.DecoderSpec.paper(in_width=encoder.width),
+        name=name,
+    )
+
+
+def _register_released() -> None:
+    for size, (width, depth, heads) in SIZES.items():
+        resolutions = (224,) if size == "base" else (224, 336, 448)
+        for res in resolutions:
+            name = f"aimv2-{size}-patch14-{res}"
+            register(name, _paper_model(encoder_spec(width, depth, heads, 14, res), name))
+    for res in (224, 336):
+        base = _REGISTRY[f"aimv2-large-patch14-{res}"]
+        register(f"aimv2-large-patch14-{res}-distilled", base)
+    native = encoder_spec(1024, 24, 8, 14, None, preprocess=S.PreprocessSpec(resize=0, crop=False))
+    register("aimv2-large-patch14-native", _paper_model(native, "aimv2-large-patch14-native"))
+
+
+def _small(
+    name: str,
+    *,
+    width: int,
+    depth: int,
+    heads: int,
+    patch: int,
+    image: int | None,
+    mlp: int,
+    dec_width: int,
+    dec_depth: int,
+    dec_heads: int,
+    vocab: int,
+    context: int,
+    in_channels: int = 3,
+    preprocess: S.PreprocessSpec | None = None,
+) -> None:
+    enc = encoder_spec(
+        width, depth, heads, patch, image, mlp, in_channels=in_channels, preprocess=preprocess
+    )
+    dec_norm = S.NormSpec(dec_width)
+    dec = S.DecoderSpec(
+        in_width=width,
+        block=S.BlockSpec(
+            norm=dec_norm,
+            attn=S.AttentionSpec(dec_width, dec_heads),
+            mlp=S.FeedForwardSpec(dec_width, 2 * dec_width),
+        ),
+        depth=dec_depth,
+        vocab_size=vocab,
+        context_length=context,
+    )
+    register(name, S.ModelSpec(encoder=enc, decoder=dec, name=name))
+
+
+def _register_small() -> None:
+    # For unit tests: everything tiny, runs in milliseconds on a CPU.
+    _small(
+        "aimv2-test-tiny",
+        width=32, depth=2, heads=2, patch=4, image=16, mlp=64,
+        dec_width=32, dec_depth=2, dec_heads=2, vocab=64, context=16,
+    )  # fmt: skip
+    # For examples and the built-in pre-training job (16 px images, 16 patches).
+    _small(
+        "aimv2-small-patch4-16",
+        width=128, depth=4, heads=4, patch=4, image=16, mlp=256,
+        dec_width=128, dec_depth=2, dec_heads=4, vocab=512, context=24,
+    )  # fmt: skip
+
+
+_register_released()
+_register_small()
