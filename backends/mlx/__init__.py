@@ -1,0 +1,569 @@
+"""MLX realization of every aimv2 spec kind.
+
+The module tree mirrors the torch backend, so ``tree_flatten(model.parameters())``
+yields the same canonical names. The only layout difference is MLX's conv weight
+(out, kH, kW, in); :func:`get_weights` / :func:`set_weights` convert it at this
+boundary. Attention uses ``mx.fast.scaled_dot_product_attention``, norms
+``mx.fast.rms_norm`` / ``mx.fast.layer_norm``. Constant masks are built per call and
+never stored as attributes, so they stay out of the parameter tree.
+
+Example:
+    >>> import aimv2, mlx.core as mx
+    >>> spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4, image_size=8,
+    ...                           mlp_hidden=64)
+    >>> model = aimv2.build(spec, backend="mlx")
+    >>> model(mx.zeros((2, 3, 8, 8))).shape
+    (2, 4, 32)
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from aimv2 import masks, patches
+from aimv2 import specs as S
+from aimv2.inputs import check_features, check_tokens
+from aimv2.weights import check_weights
+
+__all__ = [
+    "REGISTRY",
+    "build_module",
+    "is_module",
+    "get_weights",
+    "set_weights",
+    "cast",
+    "to_numpy",
+    "from_numpy",
+]
+
+REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def _register(kind: str):
+    def wrap(cls):
+        REGISTRY[kind] = cls
+        return cls
+
+    return wrap
+
+
+def _as_array(x: Any) -> mx.array:
+    return x if isinstance(x, mx.array) else mx.array(np.asarray(x))
+
+
+def _mask_arg(mask: Any) -> Any:
+    if mask is None or isinstance(mask, str):
+        return mask
+    return _as_array(mask).astype(mx.bool_)
+
+
+@_register("norm")
+class Norm(nn.Module):
+    """RMSNorm (weight) or LayerNorm (weight, bias); eps from the spec."""
+
+    def __init__(self, spec: S.NormSpec):
+        super().__init__()
+        self.spec = spec
+        self.weight = mx.ones((spec.width,))
+        if spec.type == "layer":
+            self.bias = mx.zeros((spec.width,))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.spec.type == "rms":
+            return mx.fast.rms_norm(x, self.weight, self.spec.eps)
+        return mx.fast.layer_norm(x, self.weight, self.bias, self.spec.eps)
+
+
+@_register("patch_embed")
+class Patchifier(nn.Module):
+    """Conv2d(kernel = stride = patch) on NHWC → (B, N, D) row-major → norm."""
+
+    def __init__(self, spec: S.PatchEmbedSpec):
+        super().__init__()
+        self.spec = spec
+        p = spec.patch_size
+        self.proj = nn.Conv2d(spec.in_channels, spec.width, p, stride=p, bias=spec.bias)
+        self.norm = Norm(spec.norm)
+
+    def __call__(self, images: mx.array) -> mx.array:
+        x = self.proj(images.transpose(0, 2, 3, 1))  # (B, h, w, D)
+        b, h, w, d = x.shape
+        return self.norm(x.reshape(b, h * w, d))
+
+
+@functools.lru_cache(maxsize=64)
+def _sincos(width: int, rows: int, cols: int, temperature: float, dtype: Any) -> mx.array:
+    table = patches.sincos_2d(width, rows, cols, temperature, np.float32)
+    return mx.array(table).astype(dtype)[None]
+
+
+@_register("pos_embed")
+class PositionEmbedding(nn.Module):
+    """Learned table (``pos_embed``), 2D sin-cos (cached per grid), or nothing."""
+
+    def __init__(self, spec: S.PosEmbedSpec):
+        super().__init__()
+        self.spec = spec
+        if spec.type == "learned":
+            self.pos_embed = mx.zeros((1, spec.num_positions, spec.width))
+
+    def __call__(self, x: mx.array, grid: tuple[int, int] | None = None) -> mx.array:
+        spec = self.spec
+        if spec.type == "learned":
+            return x + self.pos_embed
+        if spec.type == "none":
+            return x
+        rows, cols = grid if grid is not None else spec.grid
+        return x + _sincos(spec.width, rows, cols, spec.temperature, x.dtype)
+
+
+class Preprocessor(PositionEmbedding):
+    """``preprocessor``: the patchifier plus the position embedding (official names)."""
+
+    def __init__(self, patch_spec: S.PatchEmbedSpec, pos_spec: S.PosEmbedSpec):
+        super().__init__(pos_spec)
+        self.patchifier = Patchifier(patch_spec)
+
+    def __call__(self, images: mx.array) -> mx.array:  # type: ignore[override]
+        p = self.patchifier.spec.patch_size
+        grid = (images.shape[-2] // p, images.shape[-1] // p)
+        return super().__call__(self.patchifier(images), grid)
+
+
+@_register("attention")
+class Attention(nn.Module):
+    """Fused-qkv multi-head self-attention through ``mx.fast.scaled_dot_product_attention``."""
+
+    def __init__(self, spec: S.AttentionSpec):
+        super().__init__()
+        self.spec = spec
+        self.qkv = nn.Linear(spec.width, 3 * spec.width, bias=spec.qkv_bias)
+        self.proj = nn.Linear(spec.width, spec.width, bias=spec.proj_bias)
+
+    def __call__(self, x: mx.array, mask: Any = None) -> mx.array:
+        b, n, d = x.shape
+        h = self.spec.heads
+        qkv = self.qkv(x).reshape(b, n, 3, h, d // h).transpose(2, 0, 3, 1, 4)
+        o = mx.fast.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], scale=self.spec.head_dim**-0.5, mask=_mask_arg(mask)
+        )
+        return self.proj(o.transpose(0, 2, 1, 3).reshape(b, n, d))
+
+
+@_register("ffn")
+class FeedForward(nn.Module):
+    """SwiGLU (fc1 gate, fc3 up, fc2 down) or exact-GELU MLP (fc1, fc2)."""
+
+    def __init__(self, spec: S.FeedForwardSpec):
+        super().__init__()
+        self.spec = spec
+        self.fc1 = nn.Linear(spec.width, spec.hidden, bias=spec.bias)
+        self.fc2 = nn.Linear(spec.hidden, spec.width, bias=spec.bias)
+        if spec.type == "swiglu":
+            self.fc3 = nn.Linear(spec.width, spec.hidden, bias=spec.bias)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        if self.spec.type == "swiglu":
+            return self.fc2(nn.silu(self.fc1(x)) * self.fc3(x))
+        return self.fc2(nn.gelu(self.fc1(x)))
+
+
+@_register("block")
+class Block(nn.Module):
+    """Pre-norm block: ``x += attn(norm_1 x); x += mlp(norm_2 x)``."""
+
+    def __init__(self, spec: S.BlockSpec):
+        super().__init__()
+        self.spec = spec
+        self.norm_1 = Norm(spec.norm)
+        self.attn = Attention(spec.attn)
+        self.norm_2 = Norm(spec.norm)
+        self.mlp = FeedForward(spec.mlp)
+
+    def __call__(self, x: mx.array, mask: Any = None) -> mx.array:
+        x = x + self.attn(self.norm_1(x), mask)
+        return x + self.mlp(self.norm_2(x))
+
+
+@_register("trunk")
+class Trunk(nn.Module):
+    """``blocks`` then ``post_trunk_norm``."""
+
+    def __init__(self, spec: S.TrunkSpec):
+        super().__init__()
+        self.spec = spec
+        self.blocks = [Block(spec.block) for _ in range(spec.depth)]
+        self.post_trunk_norm = Norm(spec.final_norm)
+
+    def __call__(self, x: mx.array, mask: Any = None, return_blocks: bool = False) -> Any:
+        mask = _mask_arg(mask)
+        outs = []
+        for blk in self.blocks:
+            x = blk(x, mask)
+            outs.append(x)
+        y = self.post_trunk_norm(x)
+        return (y, outs) if return_blocks else y
+
+
+@_register("attn_pool")
+class AttentionPool(nn.Module):
+    """Learned-query attention pooling → ``linear`` → (B, out_features)."""
+
+    def __init__(self, spec: S.AttentionPoolSpec):
+        super().__init__()
+        self.spec = spec
+        d = spec.width
+        self.cls_token = mx.zeros((1, spec.num_queries, d))
+        self.k = nn.Linear(d, d, bias=spec.kv_bias)
+        self.v = nn.Linear(d, d, bias=spec.kv_bias)
+        self.linear = nn.Linear(d, spec.out_features, bias=spec.out_bias)
+
+    def __call__(self, features: mx.array) -> mx.array:
+        check_features(features.shape, self.spec.width)
+        b, n, d = features.shape
+        h = self.spec.heads
+        q = mx.broadcast_to(self.cls_token, (b, self.spec.num_queries, d))
+        q = q.reshape(b, -1, h, d // h).transpose(0, 2, 1, 3)
+        k = self.k(features).reshape(b, n, h, d // h).transpose(0, 2, 1, 3)
+        v = self.v(features).reshape(b, n, h, d // h).transpose(0, 2, 1, 3)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=(d // h) ** -0.5)
+        return self.linear(o.transpose(0, 2, 1, 3).reshape(b, -1, d).mean(axis=1))
+
+
+def _prefix_values(prefix_len: Any, b: int, n: int) -> np.ndarray:
+    if isinstance(prefix_len, mx.array):
+        prefix_len = np.array(prefix_len)
+    return masks.check_prefix_len(prefix_len, b, n)
+
+
+def _prefix_mask(m: mx.array, n: int) -> mx.array:
+    j = mx.arange(n)
+    return ((j[None, None, :] < m[:, None, None]) | (j[None, None, :] <= j[None, :, None]))[
+        :, None
+    ]
+
+
+def _check_images(spec: S.EncoderSpec, images: mx.array) -> None:
+    kind = "f" if mx.issubdtype(images.dtype, mx.floating) else "i"
+    finite = kind != "f" or bool(mx.all(mx.isfinite(images)).item())
+    spec.check_images(tuple(images.shape), finite, kind)
+
+
+@_register("encoder")
+class Encoder(nn.Module):
+    """The AIMv2 vision encoder: ``preprocessor``, ``trunk``, optional ``head``."""
+
+    def __init__(self, spec: S.EncoderSpec):
+        super().__init__()
+        self.spec = spec
+        self.preprocessor = Preprocessor(spec.patchifier, spec.pos_embed)
+        self.trunk = Trunk(spec.trunk)
+        if spec.head is not None:
+            self.head = AttentionPool(spec.head)
+
+    def __call__(
+        self,
+        images: mx.array,
+        prefix_len: Any = None,
+        return_blocks: bool = False,
+        check: bool = True,
+    ) -> Any:
+        """(B, C, H, W) → (B, N, D) after the final norm (and block outputs if asked).
+
+        ``prefix_len`` (int or one per example, 1…N−1) turns on prefix attention.
+        ``check=False`` skips validation (compiled steps; prefix_len then an mx.array).
+        """
+        images = _as_array(images)
+        if check:
+            _check_images(self.spec, images)
+        x = self.preprocessor(images.astype(self.preprocessor.patchifier.proj.weight.dtype))
+        mask = None
+        if prefix_len is not None:
+            b, n = x.shape[:2]
+            m = prefix_len if not check else mx.array(_prefix_values(prefix_len, b, n))
+            mask = _prefix_mask(_as_array(m), n)
+        return self.trunk(x, mask, return_blocks)
+
+
+@_register("decoder")
+class Decoder(nn.Module):
+    """Causal multimodal decoder over [image_proj(features); start; text + positions]."""
+
+    def __init__(self, spec: S.DecoderSpec):
+        super().__init__()
+        self.spec = spec
+        d = spec.width
+        self.image_proj = nn.Linear(spec.in_width, d, bias=True)
+        self.text_embed = nn.Embedding(spec.vocab_size, d)
+        self.start_token = mx.zeros((1, 1, d))
+        self.pos_embed = mx.zeros((1, spec.context_length + 1, d))
+        self.blocks = [Block(spec.block) for _ in range(spec.depth)]
+        self.norm = Norm(spec.final_norm)
+
+    def __call__(self, features: mx.array, tokens: Any = None, check: bool = True) -> Any:
+        """→ (image hidden (B, N, D), text hidden (B, T, D) predicting tokens 1…T, or None)."""
+        if check:
+            check_features(features.shape, self.spec.in_width)
+        b, n, _ = features.shape
+        h = self.image_proj(features)
+        if tokens is not None:
+            tokens = _as_array(tokens)
+            if check:
+                _check_tokens(tokens, b, self.spec)
+            t = tokens.shape[1]
+            start = mx.broadcast_to(self.start_token, (b, 1, self.spec.width))
+            text = mx.concatenate([start, self.text_embed(tokens)], axis=1)
+            h = mx.concatenate([h, text + self.pos_embed[:, : t + 1]], axis=1)
+        for blk in self.blocks:
+            h = blk(h, "causal")
+        h = self.norm(h)
+        return h[:, :n], (h[:, n:-1] if tokens is not None else None)
+
+
+def _check_tokens(tokens: mx.array, batch: int, spec: S.DecoderSpec) -> None:
+    if tokens.dtype == mx.bool_:
+        kind = "b"
+    elif mx.issubdtype(tokens.dtype, mx.integer):
+        kind = "i"
+    else:
+        kind = "f"
+    ok = kind == "i" and tokens.size > 0
+    lo = int(tokens.min().item()) if ok else None
+    hi = int(tokens.max().item()) if ok else None
+    check_tokens(
+        tuple(tokens.shape),
+        kind,
+        lo,
+        hi,
+        batch=batch,
+        vocab_size=spec.vocab_size,
+        context_length=spec.context_length,
+    )
+
+
+def patch_targets(spec: S.ModelSpec, images: mx.array) -> mx.array:
+    """Pixel targets for patches 1…N−1: patchified, per-patch standardized if asked."""
+    b, c, hh, ww = images.shape
+    p = spec.encoder.patch_size
+    x = images.reshape(b, c, hh // p, p, ww // p, p).transpose(0, 2, 4, 3, 5, 1)
+    x = x.reshape(b, (hh // p) * (ww // p), p * p * c)[:, 1:].astype(mx.float32)
+    obj = spec.pixel
+    if obj.patch_norm:
+        mean = x.mean(axis=-1, keepdims=True)
+        var = mx.var(x, axis=-1, keepdims=True, ddof=1 if obj.unbiased else 0)
+        x = (x - mean) / mx.sqrt(var + obj.eps)
+    return x
+
+
+@_register("model")
+class PretrainModel(nn.Module):
+    """``encoder``, ``decoder``, ``pixel_head``, ``text_head`` and both losses."""
+
+    def __init__(self, spec: S.ModelSpec):
+        super().__init__()
+        self.spec = spec
+        self.encoder = Encoder(spec.encoder)
+        self.decoder = Decoder(spec.decoder)
+        d = spec.decoder.width
+        if spec.has_pixel_head:
+            self.pixel_head = nn.Linear(d, spec.encoder.patchifier.patch_dim, bias=False)
+        if spec.has_text_head:
+            self.text_head = nn.Linear(d, spec.decoder.vocab_size, bias=False)
+
+    def __call__(
+        self,
+        images: mx.array,
+        tokens: Any = None,
+        prefix_len: Any = None,
+        check: bool = True,
+    ) -> dict[str, Any]:
+        """→ dict(loss, pixel_loss, text_loss, pixel_pred (B, N−1, p²C), text_logits (B, T, V)).
+
+        With ``check=False`` (compiled steps) ``prefix_len`` must be an int32 mx.array (B,).
+        """
+        spec = self.spec
+        images = _as_array(images)
+        if check:
+            _check_images(spec.encoder, images)
+            if spec.has_text_head and tokens is None:
+                raise ValueError("tokens: required by a model with a text objective")
+        if spec.prefix.mode == "prefix":
+            if prefix_len is None:
+                raise ValueError(
+                    "prefix_len: required by a prefix-attention model (one per example)"
+                )
+        else:
+            prefix_len = None
+        b = images.shape[0]
+        p = spec.encoder.patch_size
+        n = (images.shape[2] // p) * (images.shape[3] // p)
+        m = None
+        if prefix_len is not None:
+            m = mx.array(_prefix_values(prefix_len, b, n)) if check else _as_array(prefix_len)
+        feats = self.encoder(images, m, check=False)
+        img_h, txt_h = self.decoder(feats, tokens if spec.has_text_head else None, check)
+        zero = mx.array(0.0)
+        out: dict[str, Any] = {"pixel_loss": zero, "text_loss": zero}
+        out["pixel_pred"] = out["text_logits"] = None
+        if spec.has_pixel_head:
+            pred = self.pixel_head(img_h[:, :-1])
+            per_patch = mx.square(pred.astype(mx.float32) - patch_targets(spec, images)).mean(-1)
+            if spec.pixel.outside_prefix_only and m is not None:
+                t = mx.arange(1, n)
+                counted = (t[None, :] >= m[:, None]).astype(mx.float32)
+            else:
+                counted = mx.ones_like(per_patch)
+            out["pixel_pred"] = pred
+            out["pixel_loss"] = (per_patch * counted).sum() / mx.maximum(counted.sum(), 1.0)
+        if spec.has_text_head:
+            tokens = _as_array(tokens)
+            logits = self.text_head(txt_h)
+            lf = logits.astype(mx.float32)
+            picked = mx.take_along_axis(lf, tokens[..., None].astype(mx.int32), axis=-1)[..., 0]
+            ce = mx.logsumexp(lf, axis=-1) - picked
+            valid = (tokens != spec.text.pad_id).astype(mx.float32)
+            out["text_logits"] = logits
+            out["text_loss"] = (ce * valid).sum() / mx.maximum(valid.sum(), 1.0)
+        out["loss"] = spec.text.weight * out["text_loss"] + spec.pixel.weight * out["pixel_loss"]
+        return out
+
+
+def build_module(spec: S.Spec) -> nn.Module:
+    """The module realizing ``spec`` (float32, weights not yet set).
+
+    Example:
+        >>> build_module(S.NormSpec(width=4)).weight.shape
+        (4,)
+    """
+    if isinstance(spec, S.ModelSpec) and spec.decoder is None:
+        return Encoder(spec.encoder)
+    if spec.kind not in REGISTRY:
+        raise TypeError(f"spec: the MLX backend has no realization for kind {spec.kind!r}")
+    return REGISTRY[spec.kind](spec)
+
+
+def is_module(obj: Any) -> bool:
+    """True for an MLX module built here.
+
+    Example:
+        >>> is_module(build_module(S.NormSpec(width=4)))
+        True
+    """
+    return isinstance(obj, nn.Module) and isinstance(getattr(obj, "spec", None), S.Spec)
+
+
+def to_numpy(x: mx.array) -> np.ndarray:
+    """An array as NumPy (bf16/fp16 as float32).
+
+    Example:
+        >>> to_numpy(mx.ones((2,), dtype=mx.bfloat16)).dtype
+        dtype('float32')
+    """
+    if x.dtype in (mx.bfloat16, mx.float16):
+        x = x.astype(mx.float32)
+    return np.array(x)
+
+
+def from_numpy(x: np.ndarray, like: mx.array | None = None) -> mx.array:
+    """A NumPy array as an MLX array (float cast to ``like``'s dtype if given).
+
+    Example:
+        >>> from_numpy(np.zeros(2, np.float32)).dtype
+        mlx.core.float32
+    """
+    a = mx.array(np.asarray(x))
+    if like is not None and mx.issubdtype(a.dtype, mx.floating):
+        a = a.astype(like.dtype)
+    return a
+
+
+def get_weights(module: nn.Module) -> dict[str, np.ndarray]:
+    """Canonical name → NumPy array (torch layouts: conv weights back to (out, in, kH, kW)).
+
+    Example:
+        >>> sorted(get_weights(build_module(S.NormSpec(width=4, type="layer"))))
+        ['bias', 'weight']
+    """
+    out = {}
+    for name, value in tree_flatten(module.parameters()):
+        arr = to_numpy(value)
+        out[name] = arr.transpose(0, 3, 1, 2) if arr.ndim == 4 else arr
+    return out
+
+
+def set_weights(module: nn.Module, weights: Mapping[str, Any]) -> None:
+    """Load canonical weights (torch layouts) after a strict name/shape check.
+
+    Example:
+        >>> m = build_module(S.NormSpec(width=2))
+        >>> set_weights(m, {"weight": np.array([2.0, 3.0])})
+        >>> m.weight.tolist()
+        [2.0, 3.0]
+    """
+    check_weights(module.spec, weights)
+    current = dict(tree_flatten(module.parameters()))
+    new = []
+    for name, value in weights.items():
+        arr = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
+        if arr.ndim == 4:
+            arr = arr.transpose(0, 2, 3, 1)
+        new.append((name, arr.astype(current[name].dtype)))
+    module.update(tree_unflatten(new))
+    mx.eval(module.parameters())
+
+
+def cast(module: nn.Module, dtype: Any = None, device: Any = None) -> nn.Module:
+    """Cast floating parameters to ``dtype`` (MLX has unified memory; ``device`` is ignored
+    beyond ``mx.set_default_device``).
+
+    Example:
+        >>> cast(build_module(S.NormSpec(width=2)), dtype=mx.float16).weight.dtype
+        mlx.core.float16
+    """
+    if device is not None:
+        mx.set_default_device(device)
+    if dtype is not None:
+        module.set_dtype(dtype)
+    return module
+
+
+def loss_and_grads(
+    model: nn.Module, images: Any, tokens: Any = None, prefix_len: Any = None
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """One forward and backward of a pre-training model: float losses and canonical grads
+    (torch layouts).
+
+    Example:
+        >>> import aimv2
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> m = aimv2.build(spec, backend="mlx")
+        >>> img, tok = np.zeros((1, 3, 16, 16), np.float32), np.ones((1, 4), np.int64)
+        >>> losses, grads = loss_and_grads(m, img, tok, [3])
+        >>> grads["decoder.start_token"].shape
+        (1, 1, 32)
+    """
+    images = _as_array(images)
+    tokens = None if tokens is None else _as_array(tokens)
+    parts: dict[str, mx.array] = {}
+
+    def loss_fn(imgs, toks):
+        out = model(imgs, toks, prefix_len)
+        parts.update({k: out[k] for k in ("pixel_loss", "text_loss")})
+        return out["loss"]
+
+    loss, grads = nn.value_and_grad(model, loss_fn)(images, tokens)
+    mx.eval(loss, grads, parts)
+    flat = {}
+    for name, g in tree_flatten(grads):
+        arr = to_numpy(g)
+        flat[name] = arr.transpose(0, 3, 1, 2) if arr.ndim == 4 else arr
+    losses = {"loss": float(loss.item())}
+    losses.update({k: float(v.item()) for k, v in parts.items()})
+    return losses, flat
