@@ -41,6 +41,7 @@ __all__ = [
     "TextObjectiveSpec",
     "ModelSpec",
     "KINDS",
+    "CONFIG_KINDS",
     "from_dict",
     "from_json",
     "swiglu_hidden",
@@ -87,6 +88,9 @@ def swiglu_hidden(width: int, multiple_of: int = 256) -> int:
 
 
 KINDS: dict[str, type[Spec]] = {}
+# Kinds that configure a realized kind rather than being realized themselves: they are
+# read by the ``encoder`` (preprocess) and ``model`` (prefix, objectives, init) realizations.
+CONFIG_KINDS = frozenset({"preprocess", "init", "prefix", "pixel_objective", "text_objective"})
 
 
 @dataclass(frozen=True)
@@ -950,7 +954,8 @@ def encoder_spec(
     sin-cos positions). ``mlp_hidden=None`` uses AIMv2's SwiGLU rule
     (``256·ceil(int(8D/3)/256)``) or 4·D for GELU. ``pos_embed`` defaults to
     ``"learned"`` for a fixed size and ``"sincos"`` for native resolution.
-    ``head=True`` adds the 8-head attention-pooling head.
+    ``head=True`` adds the 8-head attention-pooling head. ``preprocess`` defaults to the
+    CLIP mean/std for 3 channels, else mean = std = 0.5 per channel.
 
     Example:
         >>> s = encoder_spec(width=1024, depth=24, heads=8)
@@ -993,5 +998,12 @@ def encoder_spec(
         trunk=TrunkSpec(block=block, depth=depth, final_norm=norm_spec),
         image_size=image_size,
         head=head or None,
-        preprocess=preprocess or PreprocessSpec(),
+        preprocess=preprocess or _default_preprocess(in_channels),
     )
+
+
+def _default_preprocess(channels: int) -> PreprocessSpec:
+    # CLIP constants for RGB (the released processors); others map [0, 1] to [-1, 1].
+    if channels == 3:
+        return PreprocessSpec()
+    return PreprocessSpec(mean=(0.5,) * channels, std=(0.5,) * channels)

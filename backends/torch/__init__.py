@@ -538,4 +538,4 @@ def loss_and_grads(
         for name, p in model.named_parameters()
     }
     model.zero_grad(set_to_none=True)
-    return {k: float(out[k]) for k in ("loss", "pixel_loss", "text_loss")}, grads
+    return {k: float(out[k].detach()) for k in ("loss", "pixel_loss", "text_loss")}, grads
