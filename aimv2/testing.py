@@ -34,6 +34,8 @@ __all__ = [
     "random_batch",
     "max_error",
     "assert_close",
+    "Check",
+    "compare_backends",
     "assert_backends_agree",
     "norm_specs",
     "attention_specs",
@@ -179,7 +181,20 @@ def _to_numpy(be: Any, x: Any) -> Any:
     return be.to_numpy(x)
 
 
-def assert_backends_agree(
+@dataclass(frozen=True)
+class Check:
+    """One compared tensor: its largest absolute error and the bound it must stay under."""
+
+    error: float
+    bound: float
+
+    @property
+    def ok(self) -> bool:
+        """True within tolerance."""
+        return self.error <= self.bound
+
+
+def compare_backends(
     spec: S.Spec,
     weights: Mapping[str, np.ndarray] | None = None,
     batch: Mapping[str, Any] | None = None,
@@ -189,89 +204,107 @@ def assert_backends_agree(
     forward_tol: Tolerance = FORWARD_TOL,
     grad_tol: Tolerance = GRAD_TOL,
     check_grads: bool = True,
-) -> dict[str, dict[str, float]]:
-    """Check every installed backend against the float64 reference and each other.
+) -> dict[str, dict[str, Check]]:
+    """Compare every installed backend with the float64 reference and with each other.
 
-    For an encoder (or a ModelSpec without a decoder): outputs and every block's output.
-    For a pre-training model: ``loss``, ``pixel_loss``, ``text_loss``, ``pixel_pred``,
-    ``text_logits`` against the reference, and (``check_grads``) every parameter's
-    gradient between the first backend and each other one. Returns
-    ``{backend: {tensor: max abs error}}``; raises AssertionError past tolerance.
+    For an encoder (or a ModelSpec without a decoder): the output, every block's output
+    and the pooling head. For a pre-training model: ``loss``, ``pixel_loss``,
+    ``text_loss``, ``pixel_pred``, ``text_logits`` against the reference and, with
+    ``check_grads``, every parameter's gradient of each backend against the first one.
+    Returns ``{backend: {tensor: Check}}`` without raising.
 
     Example:
         >>> import aimv2
         >>> spec = aimv2.encoder_spec(width=16, depth=1, heads=2, patch_size=2, image_size=4,
         ...                           mlp_hidden=32)
-        >>> r = assert_backends_agree(spec, backends=["torch"])
-        >>> r["torch"]["output"] < 1e-4
+        >>> compare_backends(spec, backends=["torch"])["torch"]["output"].ok
         True
     """
     backends = list(backends) if backends is not None else available_backends()
     if not backends:
-        raise RuntimeError("assert_backends_agree: no backend is installed (torch or mlx)")
+        raise RuntimeError("compare_backends: no backend is installed (torch or mlx)")
     weights = dict(weights) if weights is not None else random_weights(spec, seed)
     model_spec = spec
     if isinstance(spec, S.ModelSpec) and spec.decoder is None:
         spec = spec.encoder
     if not isinstance(spec, (S.EncoderSpec, S.ModelSpec)):
         raise TypeError(
-            f"spec: assert_backends_agree takes an EncoderSpec or ModelSpec, got {spec.kind!r}"
+            f"spec: compare_backends takes an EncoderSpec or ModelSpec, got {spec.kind!r}"
         )
     batch = dict(batch) if batch is not None else random_batch(spec, seed)
-    report: dict[str, dict[str, float]] = {}
+
+    def check(got: Any, want: Any, tol: Tolerance) -> Check:
+        return Check(max_error(got, want), tol.bound(want))
+
+    report: dict[str, dict[str, Check]] = {}
     grads: dict[str, dict[str, np.ndarray]] = {}
+    prefix = batch.get("prefix_len")
     if isinstance(spec, S.EncoderSpec):
         want, want_blocks = reference.forward(
-            spec, weights, batch["images"], prefix_len=batch.get("prefix_len"), return_blocks=True
+            spec, weights, batch["images"], prefix_len=prefix, return_blocks=True
         )
     else:
         want = reference.forward(
-            spec,
-            weights,
-            batch["images"],
-            tokens=batch["tokens"],
-            prefix_len=batch.get("prefix_len"),
+            spec, weights, batch["images"], tokens=batch["tokens"], prefix_len=prefix
         )
     for name in backends:
         be = load_backend(name)
         model = build(model_spec, name, weights=weights)
-        errs: dict[str, float] = {}
+        checks: dict[str, Check] = {}
         images = be.from_numpy(batch["images"])
         if isinstance(spec, S.EncoderSpec):
-            got, blocks = model(images, batch.get("prefix_len"), return_blocks=True)
-            errs["output"] = assert_close(be.to_numpy(got), want, forward_tol, f"{name} output")
+            got, blocks = model(images, prefix, return_blocks=True)
+            checks["output"] = check(be.to_numpy(got), want, forward_tol)
             for i, (g, w) in enumerate(zip(_to_numpy(be, blocks), want_blocks, strict=True)):
-                errs[f"block.{i}"] = assert_close(g, w, forward_tol, f"{name} block {i}")
+                checks[f"block.{i}"] = check(g, w, forward_tol)
             if spec.head is not None:
                 pooled = reference.forward(spec.head, reference.sub(weights, "head."), want)
-                errs["head"] = assert_close(
-                    be.to_numpy(model.head(got)), pooled, forward_tol, f"{name} head"
-                )
+                checks["head"] = check(be.to_numpy(model.head(got)), pooled, forward_tol)
         else:
             tokens = None if batch["tokens"] is None else be.from_numpy(batch["tokens"])
-            out = model(images, tokens, batch.get("prefix_len"))
+            out = model(images, tokens, prefix)
             for key in ("loss", "pixel_loss", "text_loss", "pixel_pred", "text_logits"):
                 if want[key] is None:
-                    if out[key] is not None:
-                        raise AssertionError(f"{name} {key}: expected None")
+                    checks[key] = Check(0.0 if out[key] is None else float("inf"), 0.0)
                     continue
-                errs[key] = assert_close(
-                    be.to_numpy(out[key]), want[key], forward_tol, f"{name} {key}"
-                )
+                checks[key] = check(be.to_numpy(out[key]), want[key], forward_tol)
             if check_grads:
-                _, grads[name] = be.loss_and_grads(
-                    model, batch["images"], batch["tokens"], batch.get("prefix_len")
-                )
-        report[name] = errs
+                _, grads[name] = be.loss_and_grads(model, batch["images"], batch["tokens"], prefix)
+        report[name] = checks
     if len(grads) > 1:
         first, *others = list(grads)
         for other in others:
             for pname, g in grads[first].items():
-                err = assert_close(
-                    grads[other][pname], g, grad_tol, f"grad {pname}: {other} vs {first}"
-                )
-                report[other][f"grad:{pname}"] = err
+                report[other][f"grad:{pname}"] = check(grads[other][pname], g, grad_tol)
     return report
+
+
+def assert_backends_agree(
+    spec: S.Spec,
+    weights: Mapping[str, np.ndarray] | None = None,
+    batch: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, dict[str, float]]:
+    """:func:`compare_backends`, raising AssertionError that lists every tensor past
+    tolerance; returns ``{backend: {tensor: max abs error}}``. Call it from your own tests.
+
+    Example:
+        >>> import aimv2
+        >>> spec = aimv2.encoder_spec(width=16, depth=1, heads=2, patch_size=2, image_size=4,
+        ...                           mlp_hidden=32)
+        >>> assert_backends_agree(spec, backends=["torch"])["torch"]["output"] < 1e-4
+        True
+    """
+    report = compare_backends(spec, weights, batch, **kwargs)
+    bad = [
+        f"{be} {name}: error {c.error:.3e} > bound {c.bound:.3e}"
+        for be, checks in report.items()
+        for name, c in checks.items()
+        if not c.ok
+    ]
+    if bad:
+        raise AssertionError("backends disagree:\n  " + "\n  ".join(bad))
+    return {be: {name: c.error for name, c in checks.items()} for be, checks in report.items()}
 
 
 # ----------------------------------------------------------------- hypothesis strategies

@@ -130,9 +130,10 @@ def test_native_preset_and_aliases():
     native = presets.get("aimv2-large-patch14-native").encoder
     assert native.native and native.pos_embed.type == "sincos" and native.image_size is None
     assert native.preprocess.resize == 0 and not native.preprocess.crop
-    assert presets.get("aimv2-large-patch14-224-distilled").encoder == presets.get(
-        "aimv2-large-patch14-224"
-    ).encoder
+    assert (
+        presets.get("aimv2-large-patch14-224-distilled").encoder
+        == presets.get("aimv2-large-patch14-224").encoder
+    )
     for name in presets.names():
         assert presets.get(name).name == name
 

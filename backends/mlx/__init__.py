@@ -245,9 +245,7 @@ def _prefix_values(prefix_len: Any, b: int, n: int) -> np.ndarray:
 
 def _prefix_mask(m: mx.array, n: int) -> mx.array:
     j = mx.arange(n)
-    return ((j[None, None, :] < m[:, None, None]) | (j[None, None, :] <= j[None, :, None]))[
-        :, None
-    ]
+    return ((j[None, None, :] < m[:, None, None]) | (j[None, None, :] <= j[None, :, None]))[:, None]
 
 
 def _check_images(spec: S.EncoderSpec, images: mx.array) -> None:

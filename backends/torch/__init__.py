@@ -251,9 +251,7 @@ def _prefix_mask(prefix_len: Any, b: int, n: int, device: torch.device) -> torch
         prefix_len = prefix_len.detach().cpu().numpy()
     m = torch.from_numpy(masks.check_prefix_len(prefix_len, b, n)).to(device)
     j = torch.arange(n, device=device)
-    return ((j[None, None, :] < m[:, None, None]) | (j[None, None, :] <= j[None, :, None]))[
-        :, None
-    ]
+    return ((j[None, None, :] < m[:, None, None]) | (j[None, None, :] <= j[None, :, None]))[:, None]
 
 
 def _check_images(spec: S.EncoderSpec, images: torch.Tensor) -> None:
