@@ -28,7 +28,7 @@ from aimv2 import specs as S
 from aimv2.inputs import check_features, check_tokens
 from aimv2.weights import check_weights
 
-__all__ = ["forward", "REGISTRY", "sub"]
+__all__ = ["forward", "REGISTRY", "sub", "adamw_step"]
 
 Weights = Mapping[str, np.ndarray]
 REGISTRY: dict[str, Callable[..., Any]] = {}
@@ -327,3 +327,42 @@ def forward(spec: S.Spec, weights: Weights, inputs: Any, **kwargs: Any) -> Any:
         raise TypeError(f"spec: no reference realization for kind {spec.kind!r}")
     check_weights(spec, weights)
     return REGISTRY[spec.kind](spec, weights, inputs, **kwargs)
+
+
+def adamw_step(
+    params: Mapping[str, np.ndarray],
+    grads: Mapping[str, np.ndarray],
+    state: Mapping[str, Any],
+    cfg: Any,
+    lr: float,
+    decay: Mapping[str, bool],
+) -> tuple[dict[str, np.ndarray], dict[str, Any], float]:
+    """One AdamW update in float64 with AIMv2's semantics (see :mod:`aimv2.optim`).
+
+    ``state`` holds ``step`` and ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` (empty to
+    start). Returns (new params, new state, gradient norm before clipping).
+
+    Example:
+        >>> from aimv2.optim import OptimConfig
+        >>> p, s, n = adamw_step({"w": np.ones(2)}, {"w": np.ones(2)}, {}, OptimConfig(), 1e-3,
+        ...                      {"w": False})
+        >>> p["w"].round(6).tolist(), s["step"]
+        ([0.999, 0.999], 1)
+    """
+    b1, b2 = cfg.betas
+    t = int(state.get("step", 0)) + 1
+    g = {k: _f64(v) for k, v in grads.items()}
+    norm = float(np.sqrt(sum((v * v).sum() for v in g.values())))
+    if cfg.clip_norm is not None:
+        coef = min(1.0, cfg.clip_norm / (norm + 1e-6))
+        g = {k: v * coef for k, v in g.items()}
+    new_p, new_s = {}, {"step": t}
+    shrink = cfg.decay_factor(lr)
+    for name, p in params.items():
+        m = b1 * _f64(state.get(f"exp_avg.{name}", 0.0)) + (1 - b1) * g[name]
+        v = b2 * _f64(state.get(f"exp_avg_sq.{name}", 0.0)) + (1 - b2) * g[name] ** 2
+        m_hat, v_hat = m / (1 - b1**t), v / (1 - b2**t)
+        p = _f64(p) * (shrink if decay[name] else 1.0)
+        new_p[name] = p - lr * m_hat / (np.sqrt(v_hat) + cfg.eps)
+        new_s[f"exp_avg.{name}"], new_s[f"exp_avg_sq.{name}"] = m, v
+    return new_p, new_s, norm

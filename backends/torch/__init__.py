@@ -246,11 +246,15 @@ class AttentionPool(nn.Module):
         return self.linear(o.mean(dim=1))
 
 
-def _prefix_mask(prefix_len: Any, b: int, n: int, device: torch.device) -> torch.Tensor:
-    if isinstance(prefix_len, torch.Tensor):
-        prefix_len = prefix_len.detach().cpu().numpy()
-    m = torch.from_numpy(masks.check_prefix_len(prefix_len, b, n)).to(device)
-    j = torch.arange(n, device=device)
+def _prefix_values(prefix_len: Any, b: int, n: int, device: torch.device, check: bool):
+    """Prefix lengths as a (B,) tensor on ``device``; validated on the host when ``check``."""
+    if check or not isinstance(prefix_len, torch.Tensor):
+        prefix_len = torch.from_numpy(masks.check_prefix_len(_host(prefix_len), b, n))
+    return prefix_len.to(device, non_blocking=True)
+
+
+def _prefix_mask(m: torch.Tensor, n: int) -> torch.Tensor:
+    j = torch.arange(n, device=m.device)
     return ((j[None, None, :] < m[:, None, None]) | (j[None, None, :] <= j[None, :, None]))[:, None]
 
 
@@ -282,14 +286,18 @@ class Encoder(nn.Module):
         """(B, C, H, W) → (B, N, D) after the final norm (and block outputs if asked).
 
         ``prefix_len`` (int or one per example, 1…N−1) turns on prefix attention.
-        ``check=False`` skips input validation (for compiled training steps).
+        ``check=False`` skips input validation (for compiled training steps); a tensor
+        ``prefix_len`` is then used as given.
         """
         images = _as_tensor(images)
         if check:
             _check_images(self.spec, images)
         w = self.preprocessor.patchifier.proj.weight
         x = self.preprocessor(images.to(dtype=w.dtype))
-        mask = None if prefix_len is None else _prefix_mask(prefix_len, *x.shape[:2], x.device)
+        mask = None
+        if prefix_len is not None:
+            m = _prefix_values(prefix_len, *x.shape[:2], x.device, check)
+            mask = _prefix_mask(m, x.shape[1])
         return self.trunk(x, mask, return_blocks)
 
 
@@ -397,8 +405,11 @@ class PretrainModel(nn.Module):
                 )
         else:
             prefix_len = None
-        feats = self.encoder(images, prefix_len, check=False)
-        b, n, _ = feats.shape
+        b = images.shape[0]
+        p = spec.encoder.patch_size
+        n = (images.shape[2] // p) * (images.shape[3] // p)
+        m = None if prefix_len is None else _prefix_values(prefix_len, b, n, images.device, check)
+        feats = self.encoder(images, m, check=False)
         img_h, txt_h = self.decoder(feats, tokens if spec.has_text_head else None, check)
         zero = feats.new_zeros((), dtype=torch.float32)
         out: dict[str, Any] = {"pixel_loss": zero, "text_loss": zero}
@@ -406,10 +417,9 @@ class PretrainModel(nn.Module):
         if spec.has_pixel_head:
             pred = self.pixel_head(img_h[:, :-1])
             per_patch = (pred.float() - patch_targets(spec, images)).pow(2).mean(-1)
-            if spec.pixel.outside_prefix_only and prefix_len is not None:
-                m = torch.as_tensor(masks.check_prefix_len(_host(prefix_len), b, n))
+            if spec.pixel.outside_prefix_only and m is not None:
                 t = torch.arange(1, n, device=feats.device)
-                counted = (t[None, :] >= m.to(feats.device)[:, None]).float()
+                counted = (t[None, :] >= m[:, None]).float()
             else:
                 counted = torch.ones_like(per_patch)
             out["pixel_pred"] = pred

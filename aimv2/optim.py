@@ -1,0 +1,134 @@
+"""AIMv2's optimizer recipe as data: AdamW hyper-parameters, the lr schedule, decay groups.
+
+The update rule itself is realized per backend (``aimv2.backends.*.train``) and in the
+float64 reference (:func:`aimv2.reference.adamw_step`), all with the same semantics:
+
+1. gradients (averaged over accumulation micro-batches) are clipped to a global L2
+   norm of ``clip_norm`` (coefficient ``min(1, clip_norm / (norm + 1e-6))``);
+2. ``m ← β1·m + (1−β1)·g``, ``v ← β2·v + (1−β2)·g²``, bias-corrected by ``1−β^t``;
+3. parameters with decay are shrunk first: ``p ← p·(1 − wd·lr/peak_lr)`` ("decoupled",
+   the paper's default) or ``p ← p·(1 − lr·wd)`` ("torch", ``torch.optim.AdamW``);
+4. ``p ← p − lr·m̂/(√v̂ + eps)``.
+
+No decay on biases, norms, position embeddings, start and cls tokens (see
+:attr:`aimv2.weights.ParamInfo.decay`).
+
+Example:
+    >>> cfg = OptimConfig(lr=1e-3, warmup_steps=10, total_steps=100)
+    >>> round(lr_at(cfg, 4), 6), round(lr_at(cfg, 99), 6)
+    (0.0005, 1e-05)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from . import specs as S
+from .weights import parameters
+
+__all__ = ["OptimConfig", "lr_at", "decay_mask", "paper_peak_lr"]
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW + warmup/cosine settings (AIMV2.md §4 defaults).
+
+    Example:
+        >>> OptimConfig(lr=4e-4, warmup_steps=0, total_steps=10).betas
+        (0.9, 0.95)
+    """
+
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 12_500
+    total_steps: int = 1_500_000
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 1e-4
+    decay_mode: str = "decoupled"
+    clip_norm: float | None = 1.0
+    accumulate: int = 1
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.lr > 0, "lr", "expected > 0"),
+            (0 <= self.min_lr <= self.lr, "min_lr", f"expected 0 <= min_lr <= lr={self.lr}"),
+            (self.warmup_steps >= 0, "warmup_steps", "expected >= 0"),
+            (self.total_steps >= 1, "total_steps", "expected >= 1"),
+            (all(0 <= b < 1 for b in self.betas), "betas", "expected two values in [0, 1)"),
+            (self.eps > 0, "eps", "expected > 0"),
+            (self.weight_decay >= 0, "weight_decay", "expected >= 0"),
+            (self.decay_mode in ("decoupled", "torch"), "decay_mode", "'decoupled' or 'torch'"),
+            (self.clip_norm is None or self.clip_norm > 0, "clip_norm", "None or > 0"),
+            (self.accumulate >= 1, "accumulate", "expected >= 1"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise ValueError(f"OptimConfig.{name}={getattr(self, name)!r}: {expected}")
+        object.__setattr__(self, "betas", tuple(self.betas))
+
+    def decay_factor(self, lr: float) -> float:
+        """Multiplier applied to decayed parameters at learning rate ``lr``.
+
+        Example:
+            >>> OptimConfig(lr=1e-3, weight_decay=0.1).decay_factor(5e-4)
+            0.95
+        """
+        if self.decay_mode == "decoupled":
+            return 1.0 - self.weight_decay * lr / self.lr
+        return 1.0 - lr * self.weight_decay
+
+    def to_dict(self) -> dict:
+        """Plain dict (JSON-ready).
+
+        Example:
+            >>> OptimConfig().to_dict()["decay_mode"]
+            'decoupled'
+        """
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+def lr_at(cfg: OptimConfig, step: int) -> float:
+    """Learning rate of update ``step`` (0-based): linear warmup to ``lr`` over
+    ``warmup_steps`` updates, then cosine to ``min_lr`` at ``total_steps − 1``.
+
+    Example:
+        >>> lr_at(OptimConfig(lr=1.0, min_lr=0.0, warmup_steps=0, total_steps=3), 1)
+        0.5
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(cfg.total_steps - cfg.warmup_steps - 1, 1)
+    frac = min(max((step - cfg.warmup_steps) / span, 0.0), 1.0)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * frac))
+
+
+def decay_mask(spec: S.Spec) -> dict[str, bool]:
+    """Canonical name → whether weight decay applies.
+
+    Example:
+        >>> import aimv2
+        >>> m = decay_mask(aimv2.presets.get("aimv2-test-tiny"))
+        >>> m["encoder.trunk.blocks.0.attn.qkv.weight"], m["decoder.start_token"]
+        (True, False)
+    """
+    return {name: info.decay for name, info in parameters(spec).items()}
+
+
+def paper_peak_lr(spec: S.ModelSpec) -> float:
+    """Peak lr of the paper by encoder width: 1e-3 (≤ L), 8e-4 (H, 1B), 4e-4 (3B).
+
+    Example:
+        >>> import aimv2
+        >>> paper_peak_lr(aimv2.presets.get("aimv2-3B-patch14-224"))
+        0.0004
+    """
+    width = spec.encoder.width
+    if width >= 3072:
+        return 4e-4
+    if width >= 1536:
+        return 8e-4
+    return 1e-3

@@ -1,0 +1,180 @@
+"""MLX training step: ``nn.value_and_grad`` in a compiled function, gradient accumulation,
+global-norm clipping and AIMv2's AdamW (semantics in :mod:`aimv2.optim`: bias
+correction on, decay only where :func:`aimv2.optim.decay_mask` says — unlike
+``mlx.optimizers.AdamW``'s defaults). Optimizer state lives under canonical names.
+
+Example:
+    >>> import aimv2
+    >>> from aimv2.optim import OptimConfig
+    >>> from aimv2.testing import random_batch
+    >>> spec = aimv2.presets.get("aimv2-test-tiny")
+    >>> trainer = Trainer(aimv2.build(spec, "mlx"), OptimConfig(lr=1e-3, warmup_steps=1))
+    >>> sorted(trainer.step([random_batch(spec)], lr=1e-3))
+    ['grad_norm', 'loss', 'pixel_loss', 'text_loss']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from aimv2.optim import OptimConfig, decay_mask
+
+from . import to_numpy
+
+__all__ = ["Trainer", "NonFiniteLoss"]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss or the gradient norm is NaN/inf; no update was applied."""
+
+
+def _to_canonical(name: str, arr: np.ndarray) -> np.ndarray:
+    return arr.transpose(0, 3, 1, 2) if arr.ndim == 4 else arr
+
+
+def _from_canonical(arr: np.ndarray) -> np.ndarray:
+    return arr.transpose(0, 2, 3, 1) if arr.ndim == 4 else arr
+
+
+class Trainer:
+    """Owns AdamW state for an MLX pre-training model and applies one update per call.
+
+    ``compile=True`` (default) compiles the gradient and update functions with
+    ``mx.compile``; the learning rate is an input, so changing it does not recompile.
+    """
+
+    def __init__(self, model: nn.Module, cfg: OptimConfig, *, compile: bool = True) -> None:
+        self.model, self.cfg = model, cfg
+        flat = tree_flatten(model.trainable_parameters())
+        self.names = [n for n, _ in flat]
+        decay = decay_mask(model.spec)
+        self.decay = [decay[n] for n in self.names]
+        self.exp_avg = [mx.zeros_like(p) for _, p in flat]
+        self.exp_avg_sq = [mx.zeros_like(p) for _, p in flat]
+        self.step_count = 0
+        self.state = [model.state, self.exp_avg, self.exp_avg_sq]
+
+        def loss_fn(images, tokens, prefix):
+            out = model(images, tokens, prefix, check=False)
+            return out["loss"], out["pixel_loss"], out["text_loss"]
+
+        grad_fn = nn.value_and_grad(model, loss_fn)
+
+        def grads_of(images, tokens, prefix):
+            (loss, pix, txt), grads = grad_fn(images, tokens, prefix)
+            return mx.stack([loss, pix, txt]), [g for _, g in tree_flatten(grads)]
+
+        def update(grads, lr, t):
+            return self._update(grads, lr, t)
+
+        if compile:
+            grads_of = mx.compile(grads_of, inputs=[model.state], outputs=[model.state])
+            update = mx.compile(update, inputs=self.state, outputs=self.state)
+        self._grads_of, self._apply = grads_of, update
+
+    def _update(self, grads: list[mx.array], lr: mx.array, t: mx.array) -> mx.array:
+        cfg = self.cfg
+        b1, b2 = cfg.betas
+        norm = mx.sqrt(sum(mx.sum(mx.square(g)) for g in grads))
+        if cfg.clip_norm is not None:
+            coef = mx.minimum(cfg.clip_norm / (norm + 1e-6), 1.0)
+            grads = [g * coef for g in grads]
+        if cfg.decay_mode == "decoupled":
+            shrink = 1.0 - cfg.weight_decay * lr / cfg.lr
+        else:
+            shrink = 1.0 - lr * cfg.weight_decay
+        bc1, bc2 = 1.0 - mx.power(b1, t), 1.0 - mx.power(b2, t)
+        params = [p for _, p in tree_flatten(self.model.trainable_parameters())]
+        new_params = []
+        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+            m = b1 * self.exp_avg[i] + (1 - b1) * g
+            v = b2 * self.exp_avg_sq[i] + (1 - b2) * mx.square(g)
+            self.exp_avg[i], self.exp_avg_sq[i] = m, v
+            if self.decay[i] and cfg.weight_decay:
+                p = p * shrink
+            p = p - (lr / bc1) * m / (mx.sqrt(v / bc2) + cfg.eps)
+            new_params.append(p)
+        self.model.update(tree_unflatten(list(zip(self.names, new_params, strict=True))))
+        return norm
+
+    def step(self, micro_batches: Sequence[Mapping[str, Any]], lr: float) -> dict[str, float]:
+        """Forward/backward every micro-batch (gradients averaged), clip, update.
+
+        Each micro-batch holds ``images`` (B, C, H, W), ``tokens`` (B, T) or None and
+        ``prefix_len`` (B,). Raises :class:`NonFiniteLoss` (without updating) on NaN/inf.
+        """
+        k = len(micro_batches)
+        total, acc = None, None
+        for mb in micro_batches:
+            images = mx.array(np.asarray(mb["images"], dtype=np.float32))
+            tokens = None if mb.get("tokens") is None else mx.array(np.asarray(mb["tokens"]))
+            prefix = mx.array(np.asarray(mb["prefix_len"], dtype=np.int32))
+            parts, grads = self._grads_of(images, tokens, prefix)
+            total = parts if total is None else total + parts
+            acc = grads if acc is None else [a + g for a, g in zip(acc, grads, strict=True)]
+        total = total / k
+        if k > 1:
+            acc = [g / k for g in acc]
+        norm = mx.sqrt(sum(mx.sum(mx.square(g)) for g in acc))
+        host = total.tolist() + [norm.item()]
+        losses = dict(zip(("loss", "pixel_loss", "text_loss", "grad_norm"), host, strict=True))
+        if not all(math.isfinite(v) for v in host):
+            raise NonFiniteLoss(
+                f"non-finite training values at update {self.step_count + 1}: {losses}"
+            )
+        self.step_count += 1
+        self._apply(acc, mx.array(lr, dtype=mx.float32), mx.array(self.step_count, mx.float32))
+        mx.eval(self.state)
+        return losses
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Optimizer moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` (torch layouts).
+
+        Example:
+            >>> import aimv2
+            >>> spec = aimv2.presets.get("aimv2-test-tiny")
+            >>> t = Trainer(aimv2.build(spec, "mlx"), OptimConfig())
+            >>> t.state_arrays()["exp_avg.decoder.start_token"].shape
+            (1, 1, 32)
+        """
+        out = {}
+        for n, m, v in zip(self.names, self.exp_avg, self.exp_avg_sq, strict=True):
+            out[f"exp_avg.{n}"] = _to_canonical(n, to_numpy(m))
+            out[f"exp_avg_sq.{n}"] = _to_canonical(n, to_numpy(v))
+        return out
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray], step_count: int) -> None:
+        """Restore moments saved by :meth:`state_arrays` (from either backend).
+
+        Example:
+            >>> import aimv2
+            >>> spec = aimv2.presets.get("aimv2-test-tiny")
+            >>> t = Trainer(aimv2.build(spec, "mlx"), OptimConfig())
+            >>> t.load_state_arrays(t.state_arrays(), 3); t.step_count
+            3
+        """
+        want = {f"{k}.{n}" for n in self.names for k in ("exp_avg", "exp_avg_sq")}
+        if set(arrays) != want:
+            missing, extra = sorted(want - set(arrays)), sorted(set(arrays) - want)
+            raise ValueError(
+                f"optimizer state does not match the model: missing {missing[:5]}, "
+                f"unexpected {extra[:5]}"
+            )
+        for i, n in enumerate(self.names):
+            for store, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
+                src = _from_canonical(np.asarray(arrays[f"{key}.{n}"], dtype=np.float32))
+                if tuple(src.shape) != tuple(store[i].shape):
+                    raise ValueError(
+                        f"optimizer state {key}.{n}: expected shape {tuple(store[i].shape)}, "
+                        f"got {src.shape}"
+                    )
+                store[i] = mx.array(src)
+        mx.eval(self.exp_avg, self.exp_avg_sq)
+        self.step_count = int(step_count)
