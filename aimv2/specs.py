@@ -217,7 +217,7 @@ class PatchEmbedSpec(Spec):
     Call: ``(images (B, C, H, W)) -> (B, N, width)`` with N = (H/p)·(W/p).
 
     Example:
-        >>> PatchEmbedSpec(patch_size=14, in_channels=3, width=1024).norm.type
+        >>> PatchEmbedSpec(patch_size=14, in_channels=3, width=1024).norm_spec.type
         'rms'
     """
 
@@ -232,15 +232,18 @@ class PatchEmbedSpec(Spec):
         _positive_int("PatchEmbedSpec", "patch_size", self.patch_size)
         _positive_int("PatchEmbedSpec", "in_channels", self.in_channels)
         _positive_int("PatchEmbedSpec", "width", self.width)
-        if self.norm is None:
-            object.__setattr__(self, "norm", NormSpec(width=self.width))
         _require(
-            self.norm.width == self.width,
+            self.norm_spec.width == self.width,
             "PatchEmbedSpec",
             "norm.width",
-            self.norm.width,
+            self.norm_spec.width,
             f"expected the patch width {self.width}",
         )
+
+    @property
+    def norm_spec(self) -> NormSpec:
+        """The norm after the projection (``norm``, or RMSNorm of the width when None)."""
+        return self.norm if self.norm is not None else NormSpec(width=self.width)
 
     @property
     def patch_dim(self) -> int:
@@ -399,7 +402,7 @@ class TrunkSpec(Spec):
 
     Example:
         >>> blk = BlockSpec(NormSpec(64), AttentionSpec(64, 2), FeedForwardSpec(64, 128))
-        >>> TrunkSpec(block=blk, depth=2).final_norm.width
+        >>> TrunkSpec(block=blk, depth=2).final_norm_spec.width
         64
     """
 
@@ -410,15 +413,18 @@ class TrunkSpec(Spec):
 
     def __post_init__(self) -> None:
         _positive_int("TrunkSpec", "depth", self.depth)
-        if self.final_norm is None:
-            object.__setattr__(self, "final_norm", self.block.norm)
         _require(
-            self.final_norm.width == self.block.width,
+            self.final_norm_spec.width == self.block.width,
             "TrunkSpec",
             "final_norm.width",
-            self.final_norm.width,
+            self.final_norm_spec.width,
             f"expected the block width {self.block.width}",
         )
+
+    @property
+    def final_norm_spec(self) -> NormSpec:
+        """``final_norm``, or the block's norm when None."""
+        return self.final_norm if self.final_norm is not None else self.block.norm
 
     @property
     def width(self) -> int:
@@ -434,7 +440,7 @@ class AttentionPoolSpec(Spec):
     Call: ``(features (B, N, D)) -> (B, out_features)``.
 
     Example:
-        >>> AttentionPoolSpec(width=1024, heads=8).out_features
+        >>> AttentionPoolSpec(width=1024, heads=8).out_dim
         1024
     """
 
@@ -457,9 +463,13 @@ class AttentionPoolSpec(Spec):
             self.width,
             f"must be divisible by heads={self.heads}",
         )
-        if self.out_features is None:
-            object.__setattr__(self, "out_features", self.width)
-        _positive_int("AttentionPoolSpec", "out_features", self.out_features)
+        if self.out_features is not None:
+            _positive_int("AttentionPoolSpec", "out_features", self.out_features)
+
+    @property
+    def out_dim(self) -> int:
+        """Output features: ``out_features``, or the width when None."""
+        return self.out_features if self.out_features is not None else self.width
 
 
 @dataclass(frozen=True)
@@ -722,15 +732,18 @@ class DecoderSpec(Spec):
             self.causal,
             "the autoregressive decoder must be causal",
         )
-        if self.final_norm is None:
-            object.__setattr__(self, "final_norm", self.block.norm)
         _require(
-            self.final_norm.width == self.block.width,
+            self.final_norm_spec.width == self.block.width,
             "DecoderSpec",
             "final_norm.width",
-            self.final_norm.width,
+            self.final_norm_spec.width,
             f"expected the block width {self.block.width}",
         )
+
+    @property
+    def final_norm_spec(self) -> NormSpec:
+        """``final_norm``, or the block's norm when None."""
+        return self.final_norm if self.final_norm is not None else self.block.norm
 
     @property
     def width(self) -> int:
@@ -990,12 +1003,15 @@ def encoder_spec(
         head = AttentionPoolSpec(width=width, heads=heads if width % 8 else 8)
     return EncoderSpec(
         patchifier=PatchEmbedSpec(
-            patch_size=patch_size, in_channels=in_channels, width=width, norm=norm_spec
+            patch_size=patch_size,
+            in_channels=in_channels,
+            width=width,
+            norm=None if norm_spec == NormSpec(width=width) else norm_spec,
         ),
         pos_embed=PosEmbedSpec(
             width=width, type=pos_embed, grid=grid if pos_embed == "learned" else None
         ),
-        trunk=TrunkSpec(block=block, depth=depth, final_norm=norm_spec),
+        trunk=TrunkSpec(block=block, depth=depth),
         image_size=image_size,
         head=head or None,
         preprocess=preprocess or _default_preprocess(in_channels),

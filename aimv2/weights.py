@@ -71,7 +71,7 @@ def _params(spec: S.Spec, p: str, out: dict[str, ParamInfo]) -> None:
         out[f"{p}proj.weight"] = ParamInfo((d, c, k, k), "conv", c * k * k, d * k * k)
         if spec.bias:
             out[f"{p}proj.bias"] = ParamInfo((d,), "bias")
-        _params(spec.norm, f"{p}norm.", out)
+        _params(spec.norm_spec, f"{p}norm.", out)
     elif isinstance(spec, S.PosEmbedSpec):
         if spec.type == "learned":
             out[f"{p}pos_embed"] = ParamInfo((1, spec.num_positions, spec.width), "pos")
@@ -91,13 +91,13 @@ def _params(spec: S.Spec, p: str, out: dict[str, ParamInfo]) -> None:
     elif isinstance(spec, S.TrunkSpec):
         for i in range(spec.depth):
             _params(spec.block, f"{p}blocks.{i}.", out)
-        _params(spec.final_norm, f"{p}post_trunk_norm.", out)
+        _params(spec.final_norm_spec, f"{p}post_trunk_norm.", out)
     elif isinstance(spec, S.AttentionPoolSpec):
         d = spec.width
         out[f"{p}cls_token"] = ParamInfo((1, spec.num_queries, d), "token")
         _linear(out, f"{p}k", d, d, spec.kv_bias)
         _linear(out, f"{p}v", d, d, spec.kv_bias)
-        _linear(out, f"{p}linear", spec.out_features, d, spec.out_bias, role="head")
+        _linear(out, f"{p}linear", spec.out_dim, d, spec.out_bias, role="head")
     elif isinstance(spec, S.EncoderSpec):
         _params(spec.patchifier, f"{p}preprocessor.patchifier.", out)
         _params(spec.pos_embed, f"{p}preprocessor.", out)
@@ -112,7 +112,7 @@ def _params(spec: S.Spec, p: str, out: dict[str, ParamInfo]) -> None:
         out[f"{p}pos_embed"] = ParamInfo((1, spec.context_length + 1, d), "text_pos")
         for i in range(spec.depth):
             _params(spec.block, f"{p}blocks.{i}.", out)
-        _params(spec.final_norm, f"{p}norm.", out)
+        _params(spec.final_norm_spec, f"{p}norm.", out)
     elif isinstance(spec, S.ModelSpec):
         if spec.decoder is None:
             _params(spec.encoder, p, out)

@@ -91,7 +91,7 @@ def patch_embed(spec: S.PatchEmbedSpec, w: Weights, images: np.ndarray) -> np.nd
     y = x @ kernel.T
     if "proj.bias" in w:
         y = y + _f64(w["proj.bias"])
-    return norm(spec.norm, sub(w, "norm."), y)
+    return norm(spec.norm_spec, sub(w, "norm."), y)
 
 
 @_register("pos_embed")
@@ -160,7 +160,7 @@ def trunk(
     for i in range(spec.depth):
         x = block(spec.block, sub(w, f"blocks.{i}."), x, mask)
         outs.append(x)
-    y = norm(spec.final_norm, sub(w, "post_trunk_norm."), x)
+    y = norm(spec.final_norm_spec, sub(w, "post_trunk_norm."), x)
     return (y, outs) if return_blocks else y
 
 
@@ -238,7 +238,7 @@ def decoder(
     h = np.concatenate(seq, axis=1)
     for i in range(spec.depth):
         h = block(spec.block, sub(w, f"blocks.{i}."), h, "causal")
-    h = norm(spec.final_norm, sub(w, "norm."), h)
+    h = norm(spec.final_norm_spec, sub(w, "norm."), h)
     return h[:, :n], (h[:, n:-1] if tokens is not None else None)
 
 

@@ -148,6 +148,18 @@ def test_encoder_spec_defaults():
     assert spec.grid == (2, 3) and spec.pos_embed.grid == (2, 3)
     assert spec.trunk.block.mlp.hidden == 256  # 256 * ceil(int(8*64/3) / 256)
     gelu = aimv2.encoder_spec(width=64, depth=2, heads=2, ffn="gelu", norm="layer")
-    assert gelu.trunk.block.mlp.hidden == 256 and gelu.trunk.final_norm.type == "layer"
+    assert gelu.trunk.block.mlp.hidden == 256 and gelu.trunk.final_norm_spec.type == "layer"
     native = aimv2.encoder_spec(width=64, depth=1, heads=2, image_size=None)
     assert native.pos_embed.type == "sincos"
+
+
+def test_replacing_a_part_rederives_the_defaults_that_follow_it():
+    import dataclasses
+
+    tiny = presets.get("aimv2-test-tiny")
+    wider = dataclasses.replace(tiny.decoder, block=_block(64))
+    assert wider.final_norm is None and wider.final_norm_spec.width == 64
+    enc = aimv2.encoder_spec(width=16, depth=1, heads=2, patch_size=2, image_size=4)
+    trunk = dataclasses.replace(enc.trunk, block=_block(8))
+    assert trunk.final_norm_spec.width == 8
+    assert specs.from_json(wider.to_json()) == wider

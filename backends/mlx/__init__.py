@@ -90,7 +90,7 @@ class Patchifier(nn.Module):
         self.spec = spec
         p = spec.patch_size
         self.proj = nn.Conv2d(spec.in_channels, spec.width, p, stride=p, bias=spec.bias)
-        self.norm = Norm(spec.norm)
+        self.norm = Norm(spec.norm_spec)
 
     def __call__(self, images: mx.array) -> mx.array:
         x = self.proj(images.transpose(0, 2, 3, 1))  # (B, h, w, D)
@@ -200,7 +200,7 @@ class Trunk(nn.Module):
         super().__init__()
         self.spec = spec
         self.blocks = [Block(spec.block) for _ in range(spec.depth)]
-        self.post_trunk_norm = Norm(spec.final_norm)
+        self.post_trunk_norm = Norm(spec.final_norm_spec)
 
     def __call__(self, x: mx.array, mask: Any = None, return_blocks: bool = False) -> Any:
         mask = _mask_arg(mask)
@@ -223,7 +223,7 @@ class AttentionPool(nn.Module):
         self.cls_token = mx.zeros((1, spec.num_queries, d))
         self.k = nn.Linear(d, d, bias=spec.kv_bias)
         self.v = nn.Linear(d, d, bias=spec.kv_bias)
-        self.linear = nn.Linear(d, spec.out_features, bias=spec.out_bias)
+        self.linear = nn.Linear(d, spec.out_dim, bias=spec.out_bias)
 
     def __call__(self, features: mx.array) -> mx.array:
         check_features(features.shape, self.spec.width)
@@ -303,7 +303,7 @@ class Decoder(nn.Module):
         self.start_token = mx.zeros((1, 1, d))
         self.pos_embed = mx.zeros((1, spec.context_length + 1, d))
         self.blocks = [Block(spec.block) for _ in range(spec.depth)]
-        self.norm = Norm(spec.final_norm)
+        self.norm = Norm(spec.final_norm_spec)
 
     def __call__(self, features: mx.array, tokens: Any = None, check: bool = True) -> Any:
         """→ (image hidden (B, N, D), text hidden (B, T, D) predicting tokens 1…T, or None)."""

@@ -97,7 +97,7 @@ class Patchifier(nn.Module):
         self.spec = spec
         p = spec.patch_size
         self.proj = nn.Conv2d(spec.in_channels, spec.width, p, stride=p, bias=spec.bias)
-        self.norm = Norm(spec.norm)
+        self.norm = Norm(spec.norm_spec)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.proj(images).flatten(2).transpose(1, 2)
@@ -210,7 +210,7 @@ class Trunk(nn.Module):
         super().__init__()
         self.spec = spec
         self.blocks = nn.ModuleList(Block(spec.block) for _ in range(spec.depth))
-        self.post_trunk_norm = Norm(spec.final_norm)
+        self.post_trunk_norm = Norm(spec.final_norm_spec)
 
     def forward(self, x: torch.Tensor, mask: Any = None, return_blocks: bool = False) -> Any:
         mask = _mask_arg(mask, x.device)
@@ -233,7 +233,7 @@ class AttentionPool(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, spec.num_queries, d))
         self.k = _linear(d, d, spec.kv_bias)
         self.v = _linear(d, d, spec.kv_bias)
-        self.linear = _linear(d, spec.out_features, spec.out_bias)
+        self.linear = _linear(d, spec.out_dim, spec.out_bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         check_features(features.shape, self.spec.width)
@@ -314,7 +314,7 @@ class Decoder(nn.Module):
         self.start_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, spec.context_length + 1, d))
         self.blocks = nn.ModuleList(Block(spec.block) for _ in range(spec.depth))
-        self.norm = Norm(spec.final_norm)
+        self.norm = Norm(spec.final_norm_spec)
 
     def forward(self, features: torch.Tensor, tokens: Any = None, check: bool = True) -> Any:
         """→ (image hidden (B, N, D), text hidden (B, T, D) predicting tokens 1…T, or None)."""
