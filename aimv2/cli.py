@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -76,6 +77,81 @@ def _cmd_parity(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from .training import PretrainConfig, TrainingError, pretrain
+
+    spec = None
+    if args.spec:
+        spec = load_spec(args.spec)
+    cfg = PretrainConfig(
+        out=args.out,
+        preset=args.preset,
+        spec=spec,
+        data=args.data,
+        backend=args.backend,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup=args.warmup,
+        weight_decay=args.weight_decay,
+        decay_mode=args.decay_mode,
+        clip_norm=args.clip_norm if args.clip_norm > 0 else None,
+        accumulate=args.accumulate,
+        log_every=args.log_every,
+        save_every=args.save_every,
+        keep=args.keep,
+        init=args.init,
+        resume=args.resume,
+        tokenizer=args.tokenizer,
+        num_workers=args.workers,
+        compile=args.compile,
+        autocast=args.autocast,
+        device=args.device,
+        hflip=not args.no_hflip,
+        crop_scale=(args.crop_scale_min, 1.0),
+        progress=not args.quiet,
+    )
+    try:
+        result = pretrain(cfg)
+    except TrainingError as err:
+        print(f"aimv2 pretrain: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from .data import open_source
+    from .text import Tokenizer
+
+    try:
+        source = open_source(
+            args.data, split="all" if args.data.startswith("builtin:") else "train"
+        )
+    except (FileNotFoundError, ValueError) as err:
+        print(f"aimv2 tokenizer train: --data {args.data!r}: {err}", file=sys.stderr)
+        return 2
+    captions = (s.caption for s in itertools.islice(source, args.max_captions))
+    tok = Tokenizer.train(captions, args.vocab_size, args.out, model_type=args.model_type)
+    print(f"wrote {args.out} ({tok.vocab_size} pieces)")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from .plot import plot_metrics
+
+    out = args.out or str(Path(args.dir) / "loss.png")
+    try:
+        path = plot_metrics(args.dir, out)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"aimv2 plot: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aimv2`` command.
 
@@ -101,6 +177,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=12, help="rows shown per backend")
     p.add_argument("--all", action="store_true", help="show every tensor")
     p.set_defaults(func=_cmd_parity)
+
+    p = sub.add_parser("pretrain", help="pre-train with the AIMv2 objective")
+    p.add_argument("--preset", default="aimv2-small-patch4-16")
+    p.add_argument("--spec", help="spec JSON file or inline JSON (overrides --preset)")
+    p.add_argument(
+        "--data",
+        default="builtin:digits",
+        help="builtin:digits, builtin:shapes, a caption folder, a .jsonl or .tar shards",
+    )
+    p.add_argument("--backend", default="torch", choices=["torch", "mlx"])
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
+    p.add_argument("--init", help="start from these weights (checkpoint or .safetensors)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--lr", type=float, help="peak lr (default: the paper's for the size)")
+    p.add_argument("--min-lr", type=float)
+    p.add_argument("--warmup", type=int, help="warmup updates (default steps/10)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--decay-mode", choices=["decoupled", "torch"], default="decoupled")
+    p.add_argument("--clip-norm", type=float, default=1.0, help="0 disables clipping")
+    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per update")
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--save-every", type=int, default=100)
+    p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
+    p.add_argument("--tokenizer", help="SentencePiece model (built-in data has its own)")
+    p.add_argument("--workers", type=int, default=2, help="background data threads")
+    p.add_argument("--compile", action="store_true", help="torch.compile / mx.compile")
+    p.add_argument("--autocast", choices=["bf16"], help="bf16 autocast (torch)")
+    p.add_argument("--device", help="torch device (default: cuda if available)")
+    p.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
+    p.add_argument(
+        "--crop-scale-min", type=float, default=0.4, help="RandomResizedCrop minimum area fraction"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_pretrain)
+
+    p = sub.add_parser("tokenizer", help="SentencePiece tokenizers")
+    tsub = p.add_subparsers(dest="tokenizer_command", required=True)
+    t = tsub.add_parser("train", help="train a tokenizer from a data source's captions")
+    t.add_argument("--data", required=True)
+    t.add_argument("--vocab-size", type=int, required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
+    t.add_argument("--max-captions", type=int, default=1_000_000)
+    t.set_defaults(func=_cmd_tokenizer_train)
+
+    p = sub.add_parser("plot", help="draw a run's loss curves to a PNG")
+    p.add_argument("dir", help="run directory (or metrics.jsonl)")
+    p.add_argument("--out", help="PNG path (default DIR/loss.png)")
+    p.set_defaults(func=_cmd_plot)
     return parser
 
 

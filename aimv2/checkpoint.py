@@ -1,0 +1,223 @@
+"""Checkpoints: one directory per checkpoint, written atomically, backend-neutral.
+
+Layout of ``OUT/ckpt-00000100/``:
+
+- ``model.safetensors``: canonical names, torch layouts, float32;
+- ``optimizer.safetensors``: ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` (optional);
+- ``state.json``: ``{"format": "aimv2-checkpoint", "version": 1, "spec": …, "step": …,
+  "optimizer_step": …, "seed": …, "config": …, "tokenizer": …}``.
+
+A checkpoint is written into a hidden temporary directory, every file fsync'ed, then
+renamed into place in one step: a killed writer leaves only a ``.tmp`` directory that
+:func:`latest` ignores (and :func:`save` cleans up), never a half checkpoint.
+
+Example:
+    >>> import tempfile, aimv2
+    >>> spec = aimv2.presets.get("aimv2-test-tiny")
+    >>> d = tempfile.mkdtemp()
+    >>> path = save(d, 5, spec, aimv2.init_weights(spec))
+    >>> latest(d).name, load(path).step
+    ('ckpt-00000005', 5)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import specs as S
+from .safetensors import load_file, save_file
+from .weights import WeightsError, check_weights
+
+__all__ = ["Checkpoint", "CheckpointError", "save", "load", "latest", "complete", "FORMAT"]
+
+FORMAT = "aimv2-checkpoint"
+_NAME = re.compile(r"^ckpt-(\d{8})$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete, or does not match what it is loaded into."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: spec, weights, optimizer moments and the JSON state."""
+
+    path: Path
+    spec: S.Spec
+    weights: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray] | None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def step(self) -> int:
+        """Training steps completed when it was written."""
+        return int(self.state.get("step", 0))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save(
+    out_dir: str | os.PathLike,
+    step: int,
+    spec: S.Spec,
+    weights: Mapping[str, np.ndarray],
+    optimizer: Mapping[str, np.ndarray] | None = None,
+    state: Mapping[str, Any] | None = None,
+    keep: int | None = None,
+) -> Path:
+    """Write ``OUT/ckpt-<step>`` atomically; keep only the newest ``keep`` checkpoints.
+
+    Example:
+        >>> import tempfile, aimv2
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> save(tempfile.mkdtemp(), 1, spec, aimv2.init_weights(spec)).name
+        'ckpt-00000001'
+    """
+    check_weights(spec, weights, where="checkpoint weights")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".ckpt-*.tmp*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    final = out / f"ckpt-{int(step):08d}"
+    tmp = out / f".ckpt-{int(step):08d}.tmp{os.getpid()}"
+    tmp.mkdir()
+    try:
+        save_file({k: np.asarray(v, np.float32) for k, v in weights.items()},
+                  tmp / "model.safetensors", metadata={"format": FORMAT})  # fmt: skip
+        if optimizer is not None:
+            save_file({k: np.asarray(v, np.float32) for k, v in optimizer.items()},
+                      tmp / "optimizer.safetensors", metadata={"format": FORMAT})  # fmt: skip
+        body = {"format": FORMAT, "version": 1, "spec": spec.to_dict(), "step": int(step)}
+        body.update(state or {})
+        _write_json(tmp / "state.json", body)
+        _fsync_dir(tmp)
+        if final.exists():
+            old = out / f".ckpt-{int(step):08d}.tmp-old{os.getpid()}"
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep is not None and keep > 0:
+        for old in complete(out)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def complete(out_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoint directories under ``out_dir``, oldest first.
+
+    Example:
+        >>> import tempfile
+        >>> complete(tempfile.mkdtemp())
+        []
+    """
+    out = Path(out_dir)
+    if not out.is_dir():
+        return []
+    found = []
+    for p in out.iterdir():
+        m = _NAME.match(p.name)
+        if m and (p / "state.json").is_file() and (p / "model.safetensors").is_file():
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest(out_dir: str | os.PathLike) -> Path | None:
+    """The newest complete checkpoint under ``out_dir``, or None.
+
+    Example:
+        >>> import tempfile
+        >>> latest(tempfile.mkdtemp()) is None
+        True
+    """
+    found = complete(out_dir)
+    return found[-1] if found else None
+
+
+def load(path: str | os.PathLike, spec: S.Spec | None = None, optimizer: bool = True) -> Checkpoint:
+    """Read a checkpoint directory (or its ``state.json``); with ``spec``, insist it matches.
+
+    Example:
+        >>> import tempfile, aimv2
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> p = save(tempfile.mkdtemp(), 2, spec, aimv2.init_weights(spec))
+        >>> load(p, spec).spec == spec
+        True
+    """
+    path = Path(path)
+    if path.name == "state.json":
+        path = path.parent
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: no state.json (not a complete checkpoint)"
+        )
+    try:
+        state = json.loads(state_file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: state.json is not JSON ({err})") from err
+    if state.get("format") != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: format {state.get('format')!r} is not {FORMAT!r}"
+        )
+    saved = S.from_dict(state["spec"])
+    if spec is not None and saved != spec:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds a different spec than this run "
+            f"({_spec_diff(saved, spec)})"
+        )
+    weights = load_file(path / "model.safetensors")
+    try:
+        check_weights(saved, weights, where=f"checkpoint {str(path)!r} weights")
+    except WeightsError as err:
+        raise CheckpointError(str(err)) from err
+    opt = None
+    if optimizer and (path / "optimizer.safetensors").is_file():
+        opt = load_file(path / "optimizer.safetensors")
+    return Checkpoint(path=path, spec=saved, weights=weights, optimizer=opt, state=state)
+
+
+def _spec_diff(a: S.Spec, b: S.Spec, prefix: str = "") -> str:
+    """The first differing field between two specs, as ``field: saved vs wanted``."""
+    da, db = a.to_dict(), b.to_dict()
+
+    def walk(x: Any, y: Any, path: str) -> str | None:
+        if isinstance(x, dict) and isinstance(y, dict):
+            for k in sorted(set(x) | set(y)):
+                found = walk(x.get(k), y.get(k), f"{path}.{k}" if path else k)
+                if found:
+                    return found
+            return None
+        return None if x == y else f"{path}: checkpoint has {x!r}, this run has {y!r}"
+
+    return walk(da, db, prefix) or "specs differ"
