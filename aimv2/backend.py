@@ -3,7 +3,9 @@
 A backend package (``aimv2.backends.torch``, ``aimv2.backends.mlx``) exports:
 ``REGISTRY`` (spec kind → module class), ``build_module(spec)``, ``is_module(obj)``,
 ``get_weights(module)`` (canonical names, torch layouts, NumPy), ``set_weights(module,
-weights)``, ``to_numpy(array)`` and ``from_numpy(array, like=None)``. Shared drivers
+weights)``, ``to_numpy(array)``, ``from_numpy(array, like=None)``, ``to_model(module, array)``,
+``cast(module, dtype, device)``, ``loss_and_grads(model, ...)`` and a ``train`` submodule with
+a ``Trainer`` (see :mod:`aimv2.training`). Shared drivers
 call these and nothing else. Backends are imported only when asked for.
 
 Example:

@@ -134,7 +134,11 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
         print(f"aimv2 tokenizer train: --data {args.data!r}: {err}", file=sys.stderr)
         return 2
     captions = (s.caption for s in itertools.islice(source, args.max_captions))
-    tok = Tokenizer.train(captions, args.vocab_size, args.out, model_type=args.model_type)
+    try:
+        tok = Tokenizer.train(captions, args.vocab_size, args.out, model_type=args.model_type)
+    except ValueError as err:
+        print(f"aimv2 tokenizer train: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out} ({tok.vocab_size} pieces)")
     return 0
 

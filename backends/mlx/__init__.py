@@ -41,6 +41,7 @@ __all__ = [
     "cast",
     "to_numpy",
     "from_numpy",
+    "to_model",
 ]
 
 REGISTRY: dict[str, type[nn.Module]] = {}
@@ -480,6 +481,16 @@ def from_numpy(x: np.ndarray, like: mx.array | None = None) -> mx.array:
     if like is not None and mx.issubdtype(a.dtype, mx.floating):
         a = a.astype(like.dtype)
     return a
+
+
+def to_model(module: nn.Module, x: np.ndarray) -> mx.array:
+    """``x`` as an MLX array (floats in ``module``'s parameter dtype).
+
+    Example:
+        >>> to_model(build_module(S.NormSpec(width=2)), np.zeros(2)).dtype
+        mlx.core.float32
+    """
+    return from_numpy(x, tree_flatten(module.parameters())[0][1])
 
 
 def get_weights(module: nn.Module) -> dict[str, np.ndarray]:

@@ -39,6 +39,7 @@ __all__ = [
     "cast",
     "to_numpy",
     "from_numpy",
+    "to_model",
 ]
 
 REGISTRY: dict[str, type[nn.Module]] = {}
@@ -484,6 +485,16 @@ def from_numpy(x: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
         torch.float64
     """
     return _as_tensor(np.ascontiguousarray(x), like)
+
+
+def to_model(module: nn.Module, x: np.ndarray) -> torch.Tensor:
+    """``x`` as a tensor on ``module``'s device (floats in its parameter dtype).
+
+    Example:
+        >>> to_model(build_module(S.NormSpec(width=2)), np.zeros(2)).dtype
+        torch.float32
+    """
+    return _as_tensor(np.ascontiguousarray(x), next(module.parameters()))
 
 
 def get_weights(module: nn.Module) -> dict[str, np.ndarray]:
