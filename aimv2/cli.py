@@ -112,6 +112,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         hflip=not args.no_hflip,
         crop_scale=(args.crop_scale_min, 1.0),
         progress=not args.quiet,
+        stop_after=args.stop_after,
     )
     try:
         result = pretrain(cfg)
@@ -217,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--crop-scale-min", type=float, default=0.4, help="RandomResizedCrop minimum area fraction"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        help="stop (and checkpoint) after this many steps; the schedule still "
+        "plans for --steps; continue with --resume",
+    )
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("tokenizer", help="SentencePiece tokenizers")

@@ -57,6 +57,8 @@ class PretrainConfig:
     ``batch_size`` is the batch of one update; ``accumulate`` splits it into that many
     micro-batches. ``lr=None`` takes the paper's peak lr for the encoder size;
     ``warmup=None`` is min(12,500, steps // 10); ``min_lr=None`` is lr / 100.
+    ``stop_after`` ends the run (with a checkpoint) after that many steps while the
+    schedule stays planned for ``steps`` — continue later with ``resume``.
 
     Example:
         >>> PretrainConfig(out="runs/x").preset
@@ -91,6 +93,7 @@ class PretrainConfig:
     hflip: bool = True
     crop_scale: tuple[float, float] = (0.4, 1.0)
     progress: bool = True
+    stop_after: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the spec as its dict).
@@ -399,7 +402,8 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             )
     elif cfg.init:
         set_weights(model, {**get_weights(model), **_load_init(cfg.init, spec)})
-    if start >= cfg.steps:
+    end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
+    if start >= end:
         return {"step": start, "checkpoint": str(existing), "loss": None, "elapsed_s": 0.0}
 
     out.mkdir(parents=True, exist_ok=True)
@@ -430,7 +434,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
     micro = cfg.batch_size // cfg.accumulate
     try:
         for batch in _batches(loader):
-            if step >= cfg.steps:
+            if step >= end:
                 break
             rng = np.random.default_rng([cfg.seed, step, 0x9E37])
             prefix = sample_prefix(rng, cfg.batch_size, n, spec.prefix)
@@ -450,7 +454,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 raise TrainingError(f"training stopped: {err}{where}") from None
             step += 1
             window_n += cfg.batch_size
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if step % cfg.log_every == 0 or step == end:
                 now = time.perf_counter()
                 row = {"step": step, **losses, "lr": lr,
                        "images_per_s": window_n / max(now - window_t, 1e-9),
@@ -459,7 +463,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
                 eta = (now - t0) / max(step - start, 1) * (cfg.steps - step)
                 progress.update(step, row, eta)
                 window_t, window_n = now, 0
-            if step % cfg.save_every == 0 or step == cfg.steps:
+            if step % cfg.save_every == 0 or step == end:
                 last_ckpt = checkpoint.save(
                     out,
                     step,
@@ -474,7 +478,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         close = getattr(loader, "close", None)
         if close:
             close()
-    evaluation = _heldout_eval(cfg, spec, model, tokenizer)
+    evaluation = _heldout_eval(cfg, spec, model, tokenizer) if step == cfg.steps else {}
     if evaluation:
         (out / "eval.json").write_text(json.dumps({"step": step, **evaluation}, indent=2))
     return {

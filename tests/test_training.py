@@ -95,18 +95,9 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path, delay):
 @pytest.mark.parametrize("first, second", [("torch", "mlx"), ("mlx", "torch")])
 def test_a_checkpoint_resumes_on_the_other_backend(tmp_path, first, second):
     pretrain(_cfg(tmp_path / "ref", backend=first))
-    pretrain(_cfg(tmp_path / "run", backend=first, steps=10))
-    # The run's config says 10 steps; continuing to 20 keeps the 20-step schedule only
-    # if the first half was planned for 20, so plan both halves for 20 steps:
-    pretrain(_cfg(tmp_path / "split", backend=first, steps=20, save_every=10))
     split = tmp_path / "split"
-    for ck in checkpoint.complete(split)[1:]:
-        import shutil
-
-        shutil.rmtree(ck)  # keep only the step-10 checkpoint
-    metrics = [line for line in (split / "metrics.jsonl").read_text().splitlines()
-               if json.loads(line)["step"] <= 10]  # fmt: skip
-    (split / "metrics.jsonl").write_text("\n".join(metrics) + "\n")
+    pretrain(_cfg(split, backend=first, stop_after=10))
+    assert checkpoint.latest(split).name == "ckpt-00000010"
     pretrain(_cfg(split, backend=second, steps=20, resume=True))
     ref, got = _losses(tmp_path / "ref"), _losses(split)
     assert sorted(got) == list(range(1, 21))

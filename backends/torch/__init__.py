@@ -441,17 +441,21 @@ def _host(x: Any) -> Any:
 
 
 def build_module(spec: S.Spec) -> nn.Module:
-    """The module realizing ``spec`` (float32, CPU, weights not yet set).
+    """The module realizing ``spec`` (float32, CPU, storage uninitialized: weights not yet set).
 
     Example:
         >>> build_module(S.NormSpec(width=4)).weight.shape
         torch.Size([4])
     """
     if isinstance(spec, S.ModelSpec) and spec.decoder is None:
-        return Encoder(spec.encoder)
+        spec = spec.encoder
     if spec.kind not in REGISTRY:
         raise TypeError(f"spec: the torch backend has no realization for kind {spec.kind!r}")
-    return REGISTRY[spec.kind](spec)
+    # Built on the meta device and then given real (uninitialized) storage: torch's own
+    # random init would be thrown away by set_weights, and costs seconds for large presets.
+    with torch.device("meta"):
+        module = REGISTRY[spec.kind](spec)
+    return module.to_empty(device="cpu")
 
 
 def is_module(obj: Any) -> bool:
