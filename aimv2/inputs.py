@@ -11,7 +11,12 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["check_tokens", "check_features"]
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = ["check_tokens", "check_features", "check_pretrain_batch"]
 
 
 def check_tokens(
@@ -62,3 +67,38 @@ def check_features(shape: tuple[int, ...], width: int, name: str = "features") -
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or shape[-1] != width:
         raise ValueError(f"{name}: expected shape (B, N, {width}), got {shape}")
+
+
+def check_pretrain_batch(spec: Any, batch: Mapping[str, Any]) -> None:
+    """Validate a NumPy pre-training micro-batch on the host (before any device work).
+
+    Example:
+        >>> import numpy as np, aimv2
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> check_pretrain_batch(spec, {"images": np.zeros((1, 3, 16, 16), np.float32),
+        ...                             "tokens": np.ones((1, 4), np.int64), "prefix_len": [3]})
+    """
+    from .masks import check_prefix_len
+
+    images = np.asarray(batch["images"])
+    grid = spec.encoder.check_images(images.shape, True, images.dtype.kind)
+    b, n = images.shape[0], grid[0] * grid[1]
+    tokens = batch.get("tokens")
+    if spec.has_text_head:
+        if tokens is None:
+            raise ValueError("tokens: required by a model with a text objective")
+        tokens = np.asarray(tokens)
+        ok = tokens.dtype.kind in "iu" and tokens.size
+        check_tokens(
+            tokens.shape,
+            tokens.dtype.kind,
+            int(tokens.min()) if ok else None,
+            int(tokens.max()) if ok else None,
+            batch=b,
+            vocab_size=spec.decoder.vocab_size,
+            context_length=spec.decoder.context_length,
+        )
+    if spec.prefix.mode == "prefix":
+        if batch.get("prefix_len") is None:
+            raise ValueError("prefix_len: required by a prefix-attention model (one per example)")
+        check_prefix_len(batch["prefix_len"], b, n)

@@ -16,7 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -24,11 +24,12 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
+from aimv2.inputs import check_pretrain_batch
 from aimv2.optim import OptimConfig, decay_mask
 
 from . import to_numpy
 
-__all__ = ["Trainer", "NonFiniteLoss"]
+__all__ = ["Trainer", "NonFiniteLoss", "pretrain_loss"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -43,15 +44,55 @@ def _from_canonical(arr: np.ndarray) -> np.ndarray:
     return arr.transpose(0, 2, 3, 1) if arr.ndim == 4 else arr
 
 
-class Trainer:
-    """Owns AdamW state for an MLX pre-training model and applies one update per call.
+LossFn = Callable[[Any, Mapping[str, Any]], Mapping[str, mx.array]]
 
-    ``compile=True`` (default) compiles the gradient and update functions with
+
+def pretrain_loss(model: Any, batch: Mapping[str, Any]) -> dict[str, mx.array]:
+    """The AIMv2 objective of a pre-training model on one (validated) batch of arrays.
+
+    Example:
+        >>> import aimv2
+        >>> from aimv2.testing import random_batch
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> b = {k: mx.array(v) for k, v in random_batch(spec).items()}
+        >>> sorted(pretrain_loss(aimv2.build(spec, "mlx"), b))
+        ['loss', 'pixel_loss', 'text_loss']
+    """
+    out = model(batch["images"], batch.get("tokens"), batch.get("prefix_len"), check=False)
+    return {"loss": out["loss"], "pixel_loss": out["pixel_loss"], "text_loss": out["text_loss"]}
+
+
+def _host_array(value: Any) -> Any:
+    if value is None:
+        return None
+    arr = np.asarray(value)
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    elif arr.dtype == np.int64:
+        arr = arr.astype(np.int32)
+    return mx.array(arr)
+
+
+class Trainer:
+    """Owns AdamW state for an MLX model and applies one update per call.
+
+    The loss is AIMv2's pre-training objective unless ``loss_fn(model, batch) -> dict``
+    (a ``"loss"`` entry plus any other scalars to report) is given — the probes use
+    that. ``compile=True`` (default) compiles the gradient and update functions with
     ``mx.compile``; the learning rate is an input, so changing it does not recompile.
+    Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
     """
 
-    def __init__(self, model: nn.Module, cfg: OptimConfig, *, compile: bool = True) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: OptimConfig,
+        *,
+        compile: bool = True,
+        loss_fn: LossFn | None = None,
+    ) -> None:
         self.model, self.cfg = model, cfg
+        self.loss_fn = loss_fn or pretrain_loss
         flat = tree_flatten(model.trainable_parameters())
         self.names = [n for n, _ in flat]
         decay = decay_mask(model.spec)
@@ -60,16 +101,18 @@ class Trainer:
         self.exp_avg_sq = [mx.zeros_like(p) for _, p in flat]
         self.step_count = 0
         self.state = [model.state, self.exp_avg, self.exp_avg_sq]
+        keys: list[str] = []
 
-        def loss_fn(images, tokens, prefix):
-            out = model(images, tokens, prefix, check=False)
-            return out["loss"], out["pixel_loss"], out["text_loss"]
+        def loss_fn_(batch):
+            out = self.loss_fn(model, batch)
+            keys[:] = list(out)
+            return out["loss"], [out[k] for k in keys]
 
-        grad_fn = nn.value_and_grad(model, loss_fn)
+        grad_fn = nn.value_and_grad(model, loss_fn_)
 
-        def grads_of(images, tokens, prefix):
-            (loss, pix, txt), grads = grad_fn(images, tokens, prefix)
-            return mx.stack([loss, pix, txt]), [g for _, g in tree_flatten(grads)]
+        def grads_of(batch):
+            (_, parts), grads = grad_fn(batch)
+            return mx.stack(parts), [g for _, g in tree_flatten(grads)]
 
         def update(grads, lr, t):
             return self._update(grads, lr, t)
@@ -77,7 +120,7 @@ class Trainer:
         if compile:
             grads_of = mx.compile(grads_of, inputs=[model.state], outputs=[model.state])
             update = mx.compile(update, inputs=self.state, outputs=self.state)
-        self._grads_of, self._apply = grads_of, update
+        self._grads_of, self._apply, self._keys = grads_of, update, keys
 
     def _update(self, grads: list[mx.array], lr: mx.array, t: mx.array) -> mx.array:
         cfg = self.cfg
@@ -107,16 +150,18 @@ class Trainer:
     def step(self, micro_batches: Sequence[Mapping[str, Any]], lr: float) -> dict[str, float]:
         """Forward/backward every micro-batch (gradients averaged), clip, update.
 
-        Each micro-batch holds ``images`` (B, C, H, W), ``tokens`` (B, T) or None and
-        ``prefix_len`` (B,). Raises :class:`NonFiniteLoss` (without updating) on NaN/inf.
+        With the default loss each micro-batch holds NumPy ``images`` (B, C, H, W),
+        ``tokens`` (B, T) or None and ``prefix_len`` (B,), validated on the host first.
+        Returns the mean of each loss term and the gradient norm before clipping.
+        Raises :class:`NonFiniteLoss` (without updating) on NaN/inf.
         """
         k = len(micro_batches)
         total, acc = None, None
         for mb in micro_batches:
-            images = mx.array(np.asarray(mb["images"], dtype=np.float32))
-            tokens = None if mb.get("tokens") is None else mx.array(np.asarray(mb["tokens"]))
-            prefix = mx.array(np.asarray(mb["prefix_len"], dtype=np.int32))
-            parts, grads = self._grads_of(images, tokens, prefix)
+            if self.loss_fn is pretrain_loss:
+                check_pretrain_batch(self.model.spec, mb)
+            arrays = {name: _host_array(v) for name, v in mb.items() if v is not None}
+            parts, grads = self._grads_of(arrays)
             total = parts if total is None else total + parts
             acc = grads if acc is None else [a + g for a, g in zip(acc, grads, strict=True)]
         total = total / k
@@ -124,7 +169,7 @@ class Trainer:
             acc = [g / k for g in acc]
         norm = mx.sqrt(sum(mx.sum(mx.square(g)) for g in acc))
         host = total.tolist() + [norm.item()]
-        losses = dict(zip(("loss", "pixel_loss", "text_loss", "grad_norm"), host, strict=True))
+        losses = dict(zip([*self._keys, "grad_norm"], host, strict=True))
         if not all(math.isfinite(v) for v in host):
             raise NonFiniteLoss(
                 f"non-finite training values at update {self.step_count + 1}: {losses}"

@@ -17,17 +17,18 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from aimv2.inputs import check_pretrain_batch
 from aimv2.optim import OptimConfig, decay_mask
 
 from . import to_numpy
 
-__all__ = ["Trainer", "NonFiniteLoss", "default_device"]
+__all__ = ["Trainer", "NonFiniteLoss", "default_device", "pretrain_loss"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -44,11 +45,32 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class Trainer:
-    """Owns AdamW state for a torch pre-training model and applies one update per call.
+LossFn = Callable[[Any, Mapping[str, Any]], Mapping[str, torch.Tensor]]
 
-    ``compile=True`` wraps the forward in ``torch.compile``; ``autocast`` (``"bf16"``)
-    runs matmuls in bfloat16 on CUDA while parameters and optimizer state stay float32.
+
+def pretrain_loss(model: Any, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The AIMv2 objective of a pre-training model on one (validated) batch of tensors.
+
+    Example:
+        >>> import aimv2
+        >>> from aimv2.testing import random_batch
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> b = {k: torch.as_tensor(v) for k, v in random_batch(spec).items()}
+        >>> sorted(pretrain_loss(aimv2.build(spec, "torch"), b))
+        ['loss', 'pixel_loss', 'text_loss']
+    """
+    out = model(batch["images"], batch.get("tokens"), batch.get("prefix_len"), check=False)
+    return {"loss": out["loss"], "pixel_loss": out["pixel_loss"], "text_loss": out["text_loss"]}
+
+
+class Trainer:
+    """Owns AdamW state for a torch model and applies one update per call.
+
+    The loss is AIMv2's pre-training objective unless ``loss_fn(model, batch) -> dict``
+    (a ``"loss"`` entry plus any other scalars to report) is given — the probes use
+    that. ``compile=True`` wraps the forward in ``torch.compile``; ``autocast``
+    (``"bf16"``) runs matmuls in bfloat16 while parameters and optimizer state stay
+    float32. Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
     """
 
     def __init__(
@@ -58,8 +80,10 @@ class Trainer:
         *,
         compile: bool = False,
         autocast: str | None = None,
+        loss_fn: LossFn | None = None,
     ) -> None:
         self.model, self.cfg = model, cfg
+        self.loss_fn = loss_fn or pretrain_loss
         named = list(model.named_parameters())
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -69,7 +93,6 @@ class Trainer:
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self.step_count = 0
         self.device = self.params[0].device
-        self.compiled = compile
         self.forward = torch.compile(model) if compile else model
         if autocast not in (None, "bf16"):
             raise ValueError(f"autocast={autocast!r}: expected None or 'bf16'")
@@ -89,24 +112,28 @@ class Trainer:
     def step(self, micro_batches: Sequence[Mapping[str, Any]], lr: float) -> dict[str, float]:
         """Forward/backward every micro-batch (gradients averaged), clip, update.
 
-        Each micro-batch holds ``images`` (B, C, H, W), ``tokens`` (B, T) or None and
-        ``prefix_len`` (B,). Raises :class:`NonFiniteLoss` (without updating) on NaN/inf.
+        With the default loss each micro-batch holds NumPy ``images`` (B, C, H, W),
+        ``tokens`` (B, T) or None and ``prefix_len`` (B,), validated on the host first.
+        Returns the mean of each loss term and the gradient norm before clipping.
+        Raises :class:`NonFiniteLoss` (without updating) on NaN/inf.
         """
         k = len(micro_batches)
-        sums = torch.zeros(3, device=self.device)
+        sums: torch.Tensor | None = None
+        keys: list[str] = []
         for mb in micro_batches:
-            images = self._tensor(mb["images"])
-            tokens = self._tensor(mb.get("tokens"))
-            prefix = self._tensor(mb.get("prefix_len"))
+            if self.loss_fn is pretrain_loss:
+                check_pretrain_batch(self.model.spec, mb)
+            tensors = {name: self._tensor(value) for name, value in mb.items()}
             with self._autocast():
-                out = self.forward(images, tokens, prefix, check=not self.compiled)
+                out = self.loss_fn(self.forward, tensors)
             (out["loss"] / k).backward()
-            parts = [out["loss"], out["pixel_loss"], out["text_loss"]]
-            sums += torch.stack([x.detach().float() for x in parts])
+            keys = list(out)
+            parts = torch.stack([out[key].detach().float() for key in keys])
+            sums = parts if sums is None else sums + parts
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
         host = torch.cat([sums / k, norm[None]]).tolist()
-        losses = dict(zip(("loss", "pixel_loss", "text_loss", "grad_norm"), host, strict=True))
+        losses = dict(zip([*keys, "grad_norm"], host, strict=True))
         if not all(math.isfinite(v) for v in host):
             self.model.zero_grad(set_to_none=True)
             raise NonFiniteLoss(
