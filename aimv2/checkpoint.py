@@ -37,7 +37,16 @@ from . import specs as S
 from .safetensors import load_file, save_file
 from .weights import WeightsError, check_weights
 
-__all__ = ["Checkpoint", "CheckpointError", "save", "load", "latest", "complete", "FORMAT"]
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "save",
+    "load",
+    "latest",
+    "complete",
+    "encoder_of",
+    "FORMAT",
+]
 
 FORMAT = "aimv2-checkpoint"
 _NAME = re.compile(r"^ckpt-(\d{8})$")
@@ -221,3 +230,25 @@ def _spec_diff(a: S.Spec, b: S.Spec, prefix: str = "") -> str:
         return None if x == y else f"{path}: checkpoint has {x!r}, this run has {y!r}"
 
     return walk(da, db, prefix) or "specs differ"
+
+
+def encoder_of(ck: Checkpoint) -> tuple[S.EncoderSpec, dict[str, np.ndarray]]:
+    """The encoder spec and its weights (official names) of a loaded checkpoint.
+
+    Example:
+        >>> import tempfile, aimv2
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> ck = load(save(tempfile.mkdtemp(), 1, spec, aimv2.init_weights(spec)))
+        >>> enc, w = encoder_of(ck)
+        >>> enc == spec.encoder, "trunk.post_trunk_norm.weight" in w
+        (True, True)
+    """
+    spec = ck.spec
+    if isinstance(spec, S.EncoderSpec):
+        return spec, dict(ck.weights)
+    if isinstance(spec, S.ModelSpec) and spec.decoder is None:
+        return spec.encoder, dict(ck.weights)
+    if isinstance(spec, S.ModelSpec):
+        n = len("encoder.")
+        return spec.encoder, {k[n:]: v for k, v in ck.weights.items() if k.startswith("encoder.")}
+    raise CheckpointError(f"checkpoint {str(ck.path)!r}: holds a {spec.kind!r}, not an encoder")

@@ -157,6 +157,126 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_encoder(path: str, backend: str) -> object:
+    """An encoder module from a checkpoint directory, a run directory (its newest
+    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads.
+
+    Example:
+        >>> load_encoder("/nonexistent", "torch")
+        Traceback (most recent call last):
+        ...
+        SystemExit: aimv2: --checkpoint '/nonexistent' does not exist
+    """
+    from . import checkpoint
+    from .backend import build
+
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"aimv2: --checkpoint {path!r} does not exist")
+    ck_dir = checkpoint.latest(p) if p.is_dir() and not (p / "state.json").exists() else p
+    if ck_dir is not None and (Path(ck_dir) / "state.json").exists():
+        try:
+            spec, weights = checkpoint.encoder_of(checkpoint.load(ck_dir, optimizer=False))
+        except checkpoint.CheckpointError as err:
+            raise SystemExit(f"aimv2: {err}") from None
+        return build(spec, backend, weights=weights)
+    try:
+        from .formats import from_pretrained
+    except ImportError:  # pragma: no cover - formats ships with the package
+        raise SystemExit(f"aimv2: {path!r} is not an aimv2 checkpoint") from None
+    try:
+        return from_pretrained(path, backend=backend)
+    except (ValueError, KeyError, FileNotFoundError) as err:
+        raise SystemExit(f"aimv2: --checkpoint {path!r}: {err}") from None
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from .backend import build
+    from .probe import ProbeConfig, probe_encoder
+
+    if bool(args.checkpoint) == bool(args.preset):
+        print(
+            "aimv2 probe: give exactly one of --checkpoint PATH or --preset NAME", file=sys.stderr
+        )
+        return 2
+    if args.checkpoint:
+        encoder = load_encoder(args.checkpoint, args.backend)
+    else:
+        spec = load_spec(args.preset)
+        encoder = build(getattr(spec, "encoder", spec), args.backend, seed=args.seed)
+    cfg = ProbeConfig(epochs=args.epochs, lr=args.lr, blocks=args.blocks, seed=args.seed,
+                      normalize=not args.no_normalize)  # fmt: skip
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = probe_encoder(encoder, args.data, args.backend, cfg, cache_dir=out / "features")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"aimv2 probe: {err}", file=sys.stderr)
+        return 2
+    result = {k: v for k, v in result.items()}
+    (out / "probe.json").write_text(json.dumps(result, indent=2))
+    a, lin = result["attentive"], result["linear"]
+    print(
+        f"probe {args.data}: attentive {a['heldout']:.4f} (train {a['train']:.4f}), "
+        f"linear {lin['heldout']:.4f} (train {lin['train']:.4f}) -> {out / 'probe.json'}"
+    )
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    import glob
+
+    import numpy as np
+
+    from .backend import backend_of
+    from .data import preprocess
+    from .probe import extract_features
+
+    encoder = load_encoder(args.checkpoint, args.backend)
+    p = Path(args.images)
+    if p.is_dir():
+        files = sorted(str(f) for f in p.iterdir() if f.suffix.lower() in
+                       (".jpg", ".jpeg", ".png", ".webp", ".bmp"))  # fmt: skip
+    else:
+        files = sorted(glob.glob(args.images))
+    if not files:
+        print(f"aimv2 extract: --images {args.images!r} matches no image files", file=sys.stderr)
+        return 2
+    be = backend_of(encoder)
+    chunks = []
+    for i in range(0, len(files), args.batch_size):
+        feats = extract_features(encoder, preprocess(files[i : i + args.batch_size], encoder.spec),
+                                 args.batch_size)  # fmt: skip
+        if args.pool == "mean":
+            feats = feats.mean(axis=1)
+        elif args.pool == "attn":
+            if getattr(encoder.spec, "head", None) is None:
+                print("aimv2 extract: --pool attn needs an encoder with an attention-pooling "
+                      "head (e.g. the -lit checkpoint)", file=sys.stderr)  # fmt: skip
+                return 2
+            feats = be.to_numpy(encoder.head(be.to_model(encoder, feats)))
+        chunks.append(feats)
+        done = min(i + args.batch_size, len(files))
+        print(f"\rextract: {done}/{len(files)} images", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    out = np.concatenate(chunks)
+    np.save(args.out, out)
+    Path(args.out).with_suffix(".txt").write_text("\n".join(files) + "\n")
+    print(f"wrote {args.out} {tuple(out.shape)} (+ {Path(args.out).with_suffix('.txt')})")
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from .quickstart import format_report, run
+
+    report = run(args.out, backend=args.backend, steps=args.steps, batch_size=args.batch_size,
+                 seed=args.seed, probe_epochs=args.probe_epochs,
+                 progress=not args.quiet)  # fmt: skip
+    print(format_report(report))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``aimv2`` command.
 
@@ -235,6 +355,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
     t.add_argument("--max-captions", type=int, default=1_000_000)
     t.set_defaults(func=_cmd_tokenizer_train)
+
+    p = sub.add_parser("quickstart", help="the main job: pre-train on digits, probe, report")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--backend", default="torch", choices=["torch", "mlx"])
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-epochs", type=int, default=100)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("probe", help="attentive + linear probe of a frozen encoder")
+    p.add_argument("--checkpoint", help="checkpoint dir, run dir or weights (any format)")
+    p.add_argument("--preset", help="random-init encoder of this preset/spec instead")
+    p.add_argument(
+        "--data",
+        default="builtin:digits",
+        help="labelled source: builtin:digits, builtin:shapes, imagefolder:DIR, .jsonl",
+    )
+    p.add_argument("--backend", default="torch", choices=["torch", "mlx"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--blocks", type=int, default=1, help="average the last k blocks")
+    p.add_argument("--no-normalize", action="store_true", help="skip feature standardization")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("extract", help="features of a folder or glob of images to .npy")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True, help="a folder or a glob pattern")
+    p.add_argument("--out", required=True, help="FILE.npy")
+    p.add_argument("--pool", choices=["none", "mean", "attn"], default="none")
+    p.add_argument("--backend", default="torch", choices=["torch", "mlx"])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_extract)
 
     p = sub.add_parser("plot", help="draw a run's loss curves to a PNG")
     p.add_argument("dir", help="run directory (or metrics.jsonl)")

@@ -33,6 +33,7 @@ __all__ = [
     "TrunkSpec",
     "AttentionPoolSpec",
     "PreprocessSpec",
+    "ProbeSpec",
     "InitSpec",
     "EncoderSpec",
     "DecoderSpec",
@@ -470,6 +471,45 @@ class AttentionPoolSpec(Spec):
     def out_dim(self) -> int:
         """Output features: ``out_features``, or the width when None."""
         return self.out_features if self.out_features is not None else self.width
+
+
+@dataclass(frozen=True)
+class ProbeSpec(Spec):
+    """A classifier on frozen encoder features (AIMV2.md §5).
+
+    ``attentive``: attention pooling (one learned query, k/v projections, ``heads``
+    heads) whose ``linear`` maps to the classes — names under ``pool.``. ``linear``:
+    mean over tokens, then ``linear``. Call: ``(features (B, N, width)) -> (B, classes)``.
+
+    Example:
+        >>> ProbeSpec(width=64, num_classes=10).pool.out_dim
+        10
+    """
+
+    kind: ClassVar[str] = "probe"
+    width: int
+    num_classes: int
+    type: str = "attentive"
+    heads: int = 8
+
+    def __post_init__(self) -> None:
+        _positive_int("ProbeSpec", "width", self.width)
+        _positive_int("ProbeSpec", "num_classes", self.num_classes)
+        _one_of("ProbeSpec", "type", self.type, ("attentive", "linear"))
+        _positive_int("ProbeSpec", "heads", self.heads)
+        if self.type == "attentive":
+            _require(
+                self.width % self.heads == 0,
+                "ProbeSpec",
+                "width",
+                self.width,
+                f"must be divisible by heads={self.heads}",
+            )
+
+    @property
+    def pool(self) -> AttentionPoolSpec:
+        """The attention-pooling head of an attentive probe."""
+        return AttentionPoolSpec(width=self.width, heads=self.heads, out_features=self.num_classes)
 
 
 @dataclass(frozen=True)

@@ -478,7 +478,7 @@ def model_specs() -> Any:
 
 def layer_specs() -> Any:
     """Strategy: one spec of any layer kind (norm, patch/pos embedding, attention, ffn,
-    block, trunk, attention pooling).
+    block, trunk, attention pooling, probe).
 
     Example:
         >>> layer_specs().example().kind in S.KINDS
@@ -519,6 +519,24 @@ def layer_specs() -> Any:
             kv_bias=draw(st.booleans()),
         )
 
+    @st.composite
+    def probe(draw):
+        width, heads = _width_heads(draw)
+        return S.ProbeSpec(
+            width=width,
+            num_classes=draw(st.integers(1, 12)),
+            type=draw(st.sampled_from(["attentive", "linear"])),
+            heads=heads,
+        )
+
     return st.one_of(
-        norm_specs(), patch(), pos(), attention_specs(), ffn_specs(), block_specs(), trunk(), pool()
+        norm_specs(),
+        patch(),
+        pos(),
+        attention_specs(),
+        ffn_specs(),
+        block_specs(),
+        trunk(),
+        pool(),
+        probe(),
     )

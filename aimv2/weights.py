@@ -98,6 +98,11 @@ def _params(spec: S.Spec, p: str, out: dict[str, ParamInfo]) -> None:
         _linear(out, f"{p}k", d, d, spec.kv_bias)
         _linear(out, f"{p}v", d, d, spec.kv_bias)
         _linear(out, f"{p}linear", spec.out_dim, d, spec.out_bias, role="head")
+    elif isinstance(spec, S.ProbeSpec):
+        if spec.type == "attentive":
+            _params(spec.pool, f"{p}pool.", out)
+        else:
+            _linear(out, f"{p}linear", spec.num_classes, spec.width, True, role="head")
     elif isinstance(spec, S.EncoderSpec):
         _params(spec.patchifier, f"{p}preprocessor.patchifier.", out)
         _params(spec.pos_embed, f"{p}preprocessor.", out)

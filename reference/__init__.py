@@ -179,6 +179,16 @@ def attn_pool(spec: S.AttentionPoolSpec, w: Weights, features: np.ndarray) -> np
     return _linear(w, "linear", o.mean(axis=1))
 
 
+@_register("probe")
+def probe(spec: S.ProbeSpec, w: Weights, features: np.ndarray) -> np.ndarray:
+    """Attentive or linear probe on features (B, N, D) → logits (B, classes)."""
+    x = _f64(features)
+    check_features(x.shape, spec.width)
+    if spec.type == "attentive":
+        return attn_pool(spec.pool, sub(w, "pool."), x)
+    return _linear(w, "linear", x.mean(axis=1))
+
+
 def encoder_mask(spec: S.EncoderSpec, prefix_len: Any, batch: int, n: int) -> Any:
     """Boolean prefix mask for ``prefix_len`` (validated), or None when bidirectional."""
     if prefix_len is None:

@@ -238,6 +238,25 @@ class AttentionPool(nn.Module):
         return self.linear(o.transpose(0, 2, 1, 3).reshape(b, -1, d).mean(axis=1))
 
 
+@_register("probe")
+class Probe(nn.Module):
+    """Attentive probe (``pool``) or linear probe on mean-pooled features (``linear``)."""
+
+    def __init__(self, spec: S.ProbeSpec):
+        super().__init__()
+        self.spec = spec
+        if spec.type == "attentive":
+            self.pool = AttentionPool(spec.pool)
+        else:
+            self.linear = nn.Linear(spec.width, spec.num_classes, bias=True)
+
+    def __call__(self, features: mx.array) -> mx.array:
+        check_features(features.shape, self.spec.width)
+        if self.spec.type == "attentive":
+            return self.pool(features)
+        return self.linear(features.mean(axis=1))
+
+
 def _prefix_values(prefix_len: Any, b: int, n: int) -> np.ndarray:
     if isinstance(prefix_len, mx.array):
         prefix_len = np.array(prefix_len)

@@ -29,7 +29,7 @@ from aimv2.optim import OptimConfig, decay_mask
 
 from . import to_numpy
 
-__all__ = ["Trainer", "NonFiniteLoss", "pretrain_loss"]
+__all__ = ["Trainer", "NonFiniteLoss", "pretrain_loss", "probe_loss"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -71,6 +71,26 @@ def _host_array(value: Any) -> Any:
     elif arr.dtype == np.int64:
         arr = arr.astype(np.int32)
     return mx.array(arr)
+
+
+def probe_loss(model: Any, batch: Mapping[str, Any]) -> dict[str, mx.array]:
+    """Cross-entropy and accuracy of a probe on ``features`` (B, N, D) and ``labels`` (B,).
+
+    Example:
+        >>> import aimv2
+        >>> m = aimv2.build(aimv2.specs.ProbeSpec(width=8, num_classes=3, heads=2), "mlx")
+        >>> out = probe_loss(m, {"features": mx.zeros((2, 4, 8)), "labels": mx.array([0, 2])})
+        >>> round(out["loss"].item(), 4)
+        1.0986
+    """
+    logits = model(batch["features"]).astype(mx.float32)
+    labels = batch["labels"].astype(mx.int32)
+    picked = mx.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    loss = (mx.logsumexp(logits, axis=-1) - picked).mean()
+    return {
+        "loss": loss,
+        "accuracy": (mx.argmax(logits, axis=-1) == labels).astype(mx.float32).mean(),
+    }
 
 
 class Trainer:

@@ -247,6 +247,25 @@ class AttentionPool(nn.Module):
         return self.linear(o.mean(dim=1))
 
 
+@_register("probe")
+class Probe(nn.Module):
+    """Attentive probe (``pool``) or linear probe on mean-pooled features (``linear``)."""
+
+    def __init__(self, spec: S.ProbeSpec):
+        super().__init__()
+        self.spec = spec
+        if spec.type == "attentive":
+            self.pool = AttentionPool(spec.pool)
+        else:
+            self.linear = _linear(spec.width, spec.num_classes, True)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        check_features(features.shape, self.spec.width)
+        if self.spec.type == "attentive":
+            return self.pool(features)
+        return self.linear(features.mean(dim=1))
+
+
 def _prefix_values(prefix_len: Any, b: int, n: int, device: torch.device, check: bool):
     """Prefix lengths as a (B,) tensor on ``device``; validated on the host when ``check``."""
     if check or not isinstance(prefix_len, torch.Tensor):

@@ -28,7 +28,7 @@ from aimv2.optim import OptimConfig, decay_mask
 
 from . import to_numpy
 
-__all__ = ["Trainer", "NonFiniteLoss", "default_device", "pretrain_loss"]
+__all__ = ["Trainer", "NonFiniteLoss", "default_device", "pretrain_loss", "probe_loss"]
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -61,6 +61,22 @@ def pretrain_loss(model: Any, batch: Mapping[str, Any]) -> dict[str, torch.Tenso
     """
     out = model(batch["images"], batch.get("tokens"), batch.get("prefix_len"), check=False)
     return {"loss": out["loss"], "pixel_loss": out["pixel_loss"], "text_loss": out["text_loss"]}
+
+
+def probe_loss(model: Any, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Cross-entropy and accuracy of a probe on ``features`` (B, N, D) and ``labels`` (B,).
+
+    Example:
+        >>> import aimv2
+        >>> m = aimv2.build(aimv2.specs.ProbeSpec(width=8, num_classes=3, heads=2), "torch")
+        >>> out = probe_loss(m, {"features": torch.zeros(2, 4, 8), "labels": torch.tensor([0, 2])})
+        >>> round(float(out["loss"]), 4)
+        1.0986
+    """
+    logits = model(batch["features"]).float()
+    labels = batch["labels"].long()
+    loss = torch.nn.functional.cross_entropy(logits, labels)
+    return {"loss": loss, "accuracy": (logits.argmax(-1) == labels).float().mean()}
 
 
 class Trainer:
