@@ -23,6 +23,8 @@ from .backend import (
     load_backend,
     set_weights,
 )
+from .data import preprocess
+from .formats import FORMATS, FormatError, convert, detect, from_pretrained, save_pretrained
 from .specs import (
     AttentionPoolSpec,
     AttentionSpec,
@@ -57,7 +59,14 @@ __all__ = [
     "PreprocessSpec",
     "TrunkSpec",
     "BACKENDS",
+    "FORMATS",
     "BackendUnavailable",
+    "FormatError",
+    "convert",
+    "detect",
+    "from_pretrained",
+    "save_pretrained",
+    "preprocess",
     "SpecError",
     "WeightsError",
     "available_backends",

@@ -392,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=_cmd_extract)
 
+    from .formats import add_convert_parser
+
+    add_convert_parser(sub)
+
     p = sub.add_parser("plot", help="draw a run's loss curves to a PNG")
     p.add_argument("dir", help="run directory (or metrics.jsonl)")
     p.add_argument("--out", help="PNG path (default DIR/loss.png)")
