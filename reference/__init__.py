@@ -73,7 +73,12 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
 
 @_register("norm")
 def norm(spec: S.NormSpec, w: Weights, x: np.ndarray) -> np.ndarray:
-    """RMSNorm or LayerNorm over the last axis."""
+    """RMSNorm or LayerNorm over the last axis.
+
+    Example:
+        >>> norm(S.NormSpec(width=2), {"weight": np.ones(2)}, np.array([3.0, 4.0])).round(3)
+        array([0.849, 1.131])
+    """
     x = _f64(x)
     if spec.type == "rms":
         y = x / np.sqrt((x * x).mean(-1, keepdims=True) + spec.eps)
@@ -85,7 +90,14 @@ def norm(spec: S.NormSpec, w: Weights, x: np.ndarray) -> np.ndarray:
 
 @_register("patch_embed")
 def patch_embed(spec: S.PatchEmbedSpec, w: Weights, images: np.ndarray) -> np.ndarray:
-    """(B, C, H, W) → (B, N, D): non-overlapping conv as a matmul, then the norm."""
+    """(B, C, H, W) → (B, N, D): non-overlapping conv as a matmul, then the norm.
+
+    Example:
+        >>> spec = S.PatchEmbedSpec(patch_size=2, in_channels=1, width=4)
+        >>> from aimv2.weights import init_weights
+        >>> patch_embed(spec, init_weights(spec), np.ones((1, 1, 4, 6))).shape
+        (1, 6, 4)
+    """
     x = patches.patchify(_f64(images), spec.patch_size)  # (B, N, p·p·C), (row, col, ch)
     kernel = _f64(w["proj.weight"]).transpose(0, 2, 3, 1).reshape(spec.width, -1)
     y = x @ kernel.T
@@ -98,7 +110,13 @@ def patch_embed(spec: S.PatchEmbedSpec, w: Weights, images: np.ndarray) -> np.nd
 def pos_embed(
     spec: S.PosEmbedSpec, w: Weights, x: np.ndarray, grid: tuple[int, int] | None = None
 ) -> np.ndarray:
-    """Add positions to row-major tokens (B, N, D); ``grid`` is needed for sin-cos."""
+    """Add positions to row-major tokens (B, N, D); ``grid`` is needed for sin-cos.
+
+    Example:
+        >>> pos_embed(S.PosEmbedSpec(width=4, type="sincos"), {}, np.zeros((1, 2, 4)),
+        ...           grid=(1, 2))[0, 1].round(3).tolist()
+        [0.841, 0.54, 0.0, 1.0]
+    """
     x = _f64(x)
     if spec.type == "none":
         return x
@@ -121,7 +139,14 @@ def _sdpa(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: Any, scale: float) 
 
 @_register("attention")
 def attention(spec: S.AttentionSpec, w: Weights, x: np.ndarray, mask: Any = None) -> np.ndarray:
-    """Multi-head self-attention; ``mask`` None, ``"causal"`` or boolean (B, 1, N, N)."""
+    """Multi-head self-attention; ``mask`` None, ``"causal"`` or boolean (B, 1, N, N).
+
+    Example:
+        >>> from aimv2.weights import init_weights
+        >>> spec = S.AttentionSpec(width=8, heads=2)
+        >>> attention(spec, init_weights(spec), np.ones((1, 3, 8)), "causal").shape
+        (1, 3, 8)
+    """
     x = _f64(x)
     b, n, d = x.shape
     h, hd = spec.heads, spec.head_dim
@@ -132,7 +157,14 @@ def attention(spec: S.AttentionSpec, w: Weights, x: np.ndarray, mask: Any = None
 
 @_register("ffn")
 def ffn(spec: S.FeedForwardSpec, w: Weights, x: np.ndarray) -> np.ndarray:
-    """SwiGLU or exact-GELU MLP."""
+    """SwiGLU or exact-GELU MLP.
+
+    Example:
+        >>> spec = S.FeedForwardSpec(width=2, hidden=3, type="gelu")
+        >>> ffn(spec, {k: np.zeros(v.shape) for k, v in __import__("aimv2").weights.parameters(
+        ...     spec).items()}, np.ones((1, 2))).tolist()
+        [[0.0, 0.0]]
+    """
     x = _f64(x)
     a = _linear(w, "fc1", x)
     if spec.type == "swiglu":
@@ -144,7 +176,14 @@ def ffn(spec: S.FeedForwardSpec, w: Weights, x: np.ndarray) -> np.ndarray:
 
 @_register("block")
 def block(spec: S.BlockSpec, w: Weights, x: np.ndarray, mask: Any = None) -> np.ndarray:
-    """Pre-norm residual block."""
+    """Pre-norm residual block.
+
+    Example:
+        >>> from aimv2.weights import init_weights
+        >>> spec = S.BlockSpec(S.NormSpec(8), S.AttentionSpec(8, 2), S.FeedForwardSpec(8, 16))
+        >>> block(spec, init_weights(spec), np.ones((2, 3, 8))).shape
+        (2, 3, 8)
+    """
     x = _f64(x)
     x = x + attention(spec.attn, sub(w, "attn."), norm(spec.norm, sub(w, "norm_1."), x), mask)
     return x + ffn(spec.mlp, sub(w, "mlp."), norm(spec.norm, sub(w, "norm_2."), x))
@@ -154,7 +193,15 @@ def block(spec: S.BlockSpec, w: Weights, x: np.ndarray, mask: Any = None) -> np.
 def trunk(
     spec: S.TrunkSpec, w: Weights, x: np.ndarray, mask: Any = None, return_blocks: bool = False
 ) -> Any:
-    """Blocks then the final norm; with ``return_blocks`` also each block's output."""
+    """Blocks then the final norm; with ``return_blocks`` also each block's output.
+
+    Example:
+        >>> from aimv2.weights import init_weights
+        >>> blk = S.BlockSpec(S.NormSpec(8), S.AttentionSpec(8, 2), S.FeedForwardSpec(8, 16))
+        >>> spec = S.TrunkSpec(block=blk, depth=2)
+        >>> len(trunk(spec, init_weights(spec), np.ones((1, 3, 8)), return_blocks=True)[1])
+        2
+    """
     x = _f64(x)
     outs = []
     for i in range(spec.depth):
@@ -166,7 +213,14 @@ def trunk(
 
 @_register("attn_pool")
 def attn_pool(spec: S.AttentionPoolSpec, w: Weights, features: np.ndarray) -> np.ndarray:
-    """Learned-query attention pooling → (B, out_features)."""
+    """Learned-query attention pooling → (B, out_features).
+
+    Example:
+        >>> from aimv2.weights import init_weights
+        >>> spec = S.AttentionPoolSpec(width=8, heads=2, out_features=3)
+        >>> attn_pool(spec, init_weights(spec), np.ones((2, 5, 8))).shape
+        (2, 3)
+    """
     x = _f64(features)
     check_features(x.shape, spec.width)
     b, n, d = x.shape
@@ -181,7 +235,14 @@ def attn_pool(spec: S.AttentionPoolSpec, w: Weights, features: np.ndarray) -> np
 
 @_register("probe")
 def probe(spec: S.ProbeSpec, w: Weights, features: np.ndarray) -> np.ndarray:
-    """Attentive or linear probe on features (B, N, D) → logits (B, classes)."""
+    """Attentive or linear probe on features (B, N, D) → logits (B, classes).
+
+    Example:
+        >>> from aimv2.weights import init_weights
+        >>> spec = S.ProbeSpec(width=8, num_classes=4, type="linear")
+        >>> probe(spec, init_weights(spec), np.ones((2, 5, 8))).shape
+        (2, 4)
+    """
     x = _f64(features)
     check_features(x.shape, spec.width)
     if spec.type == "attentive":
@@ -190,7 +251,12 @@ def probe(spec: S.ProbeSpec, w: Weights, features: np.ndarray) -> np.ndarray:
 
 
 def encoder_mask(spec: S.EncoderSpec, prefix_len: Any, batch: int, n: int) -> Any:
-    """Boolean prefix mask for ``prefix_len`` (validated), or None when bidirectional."""
+    """Boolean prefix mask for ``prefix_len`` (validated), or None when bidirectional.
+
+    Example:
+        >>> encoder_mask(None, 2, batch=1, n=3)[0, 0].astype(int).tolist()
+        [[1, 1, 0], [1, 1, 0], [1, 1, 1]]
+    """
     if prefix_len is None:
         return None
     return masks.prefix_mask(masks.check_prefix_len(prefix_len, batch, n), n)
@@ -204,7 +270,14 @@ def encoder(
     prefix_len: Any = None,
     return_blocks: bool = False,
 ) -> Any:
-    """The vision encoder: (B, C, H, W) → (B, N, D) after the final norm."""
+    """The vision encoder: (B, C, H, W) → (B, N, D) after the final norm.
+
+    Example:
+        >>> from aimv2.weights import init_weights
+        >>> spec = S.encoder_spec(width=8, depth=1, heads=2, patch_size=2, image_size=4)
+        >>> encoder(spec, init_weights(spec), np.zeros((1, 3, 4, 4)), prefix_len=1).shape
+        (1, 4, 8)
+    """
     raw = np.asarray(images)
     finite = raw.dtype.kind != "f" or bool(np.isfinite(raw).all())
     grid = spec.check_images(raw.shape, finite, raw.dtype.kind)
@@ -224,6 +297,14 @@ def decoder(
     Returns the normalized hidden states of the image positions (B, N, D) and of
     the text positions that predict tokens 1…T, i.e. [start, t_1 … t_{T−1}]
     (B, T, D), or None without tokens.
+
+    Example:
+        >>> import aimv2
+        >>> dec = aimv2.presets.get("aimv2-test-tiny").decoder
+        >>> img, txt = decoder(dec, aimv2.init_weights(dec), np.zeros((1, 4, 32)),
+        ...                    np.ones((1, 3), np.int64))
+        >>> img.shape, txt.shape
+        ((1, 4, 32), (1, 3, 32))
     """
     x = _f64(features)
     check_features(x.shape, spec.in_width)
@@ -259,7 +340,14 @@ def pixel_loss(
     patch_size: int,
     prefix_len: np.ndarray | None,
 ) -> np.ndarray:
-    """Next-patch MSE; ``pred`` (B, N−1, p·p·C) predicts patches 1…N−1."""
+    """Next-patch MSE; ``pred`` (B, N−1, p·p·C) predicts patches 1…N−1.
+
+    Example:
+        >>> imgs = np.arange(16.0).reshape(1, 1, 4, 4)
+        >>> float(pixel_loss(S.PixelObjectiveSpec(patch_norm=False), np.zeros((1, 3, 4)), imgs, 2,
+        ...                  np.array([3])))  # only patch 3 (values 10, 11, 14, 15) counts
+        160.5
+    """
     target = patches.patchify(_f64(images), patch_size)[:, 1:]
     if spec.patch_norm:
         target = patches.normalize_patches(target, spec.eps, spec.unbiased)
@@ -272,7 +360,13 @@ def pixel_loss(
 
 
 def text_loss(spec: S.TextObjectiveSpec, logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """Mean cross-entropy over non-pad target tokens (0 if there are none)."""
+    """Mean cross-entropy over non-pad target tokens (0 if there are none).
+
+    Example:
+        >>> float(text_loss(S.TextObjectiveSpec(pad_id=0), np.zeros((1, 2, 4)),
+        ...                 np.array([[3, 0]]))).__round__(4)  # log 4, pad ignored
+        1.3863
+    """
     logits = _f64(logits)
     m = logits.max(-1, keepdims=True)
     lse = (m + np.log(np.exp(logits - m).sum(-1, keepdims=True)))[..., 0]
@@ -290,7 +384,16 @@ def model(
     prefix_len: Any = None,
     return_blocks: bool = False,
 ) -> Any:
-    """Encoder alone (no decoder), or the pre-training model returning the loss dict."""
+    """Encoder alone (no decoder), or the pre-training model returning the loss dict.
+
+    Example:
+        >>> import aimv2
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> out = model(spec, aimv2.init_weights(spec), np.zeros((1, 3, 16, 16)),
+        ...             tokens=np.ones((1, 4), np.int64), prefix_len=[5])
+        >>> out["pixel_pred"].shape, out["text_logits"].shape
+        ((1, 15, 48), (1, 4, 64))
+    """
     if spec.decoder is None:
         return encoder(spec.encoder, w, images, prefix_len, return_blocks)
     images = _f64(images)
