@@ -110,8 +110,8 @@ def format_report(r: dict[str, Any]) -> str:
     """The report as Markdown.
 
     Example:
-        >>> print(format_report({"probes": {}, "final_loss": {}})[:8])
-        # AIMv2
+        >>> format_report({"probes": {}, "final_loss": {}}).splitlines()[0]
+        '# AIMv2 quickstart report'
     """
     lines = [
         "# AIMv2 quickstart report",
