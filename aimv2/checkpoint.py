@@ -44,6 +44,7 @@ __all__ = [
     "load",
     "latest",
     "complete",
+    "directory",
     "encoder_of",
     "FORMAT",
 ]
@@ -90,6 +91,16 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+def directory(out_dir: str | os.PathLike, step: int) -> Path:
+    """Where the checkpoint of ``step`` lives under ``out_dir`` (written or not).
+
+    Example:
+        >>> directory("runs/x", 100).name
+        'ckpt-00000100'
+    """
+    return Path(out_dir) / f"ckpt-{int(step):08d}"
+
+
 def save(
     out_dir: str | os.PathLike,
     step: int,
@@ -112,7 +123,7 @@ def save(
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".ckpt-*.tmp*"):
         shutil.rmtree(stale, ignore_errors=True)
-    final = out / f"ckpt-{int(step):08d}"
+    final = directory(out, step)
     tmp = out / f".ckpt-{int(step):08d}.tmp{os.getpid()}"
     tmp.mkdir()
     try:

@@ -113,13 +113,28 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         crop_scale=(args.crop_scale_min, 1.0),
         progress=not args.quiet,
         stop_after=args.stop_after,
+        shard=args.shard,
+        dist_timeout=args.dist_timeout,
     )
+    from .distributed import detect_launch
+
+    launch = detect_launch()
     try:
         result = pretrain(cfg)
     except TrainingError as err:
         print(f"aimv2 pretrain: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result))
+    except Exception as err:
+        if launch is None:
+            raise
+        # One rank of a launched run: its traceback, then one line that names it.
+        import traceback
+
+        traceback.print_exc()
+        print(f"aimv2 pretrain: [rank {launch.rank}] {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    if launch is None or launch.rank == 0:
+        print(json.dumps(result))
     return 0
 
 
@@ -313,7 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backend", default="torch", choices=["torch", "mlx"])
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=64,
+        help="global batch per update; under torchrun/mlx.launch each of K ranks loads 1/K",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
     p.add_argument("--init", help="start from these weights (checkpoint or .safetensors)")
@@ -343,6 +363,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="stop (and checkpoint) after this many steps; the schedule still "
         "plans for --steps; continue with --resume",
+    )
+    p.add_argument(
+        "--shard",
+        choices=["none", "full"],
+        default="none",
+        help="under torchrun: none = DDP (replicated model), full = FSDP2 fully_shard "
+        "(parameters, gradients and optimizer state sharded over ranks)",
+    )
+    p.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=600.0,
+        help="seconds a collective may wait for the other ranks before the run stops",
     )
     p.set_defaults(func=_cmd_pretrain)
 

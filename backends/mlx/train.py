@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -29,7 +30,10 @@ from aimv2.optim import OptimConfig, decay_mask
 
 from . import to_numpy
 
-__all__ = ["Trainer", "NonFiniteLoss", "pretrain_loss", "probe_loss"]
+__all__ = ["Trainer", "NonFiniteLoss", "MLXComm", "init_distributed", "pretrain_loss", "probe_loss"]
+
+# The loss terms a weighted (distributed) update combines, in the model's order.
+_TERMS = ("text_loss", "pixel_loss")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -93,6 +97,76 @@ def probe_loss(model: Any, batch: Mapping[str, Any]) -> dict[str, mx.array]:
     }
 
 
+def _launcher_backend(env: Mapping[str, str]) -> str:
+    """The ``mx.distributed`` backend the launcher prepared (``any`` if unknown)."""
+    if "OMPI_COMM_WORLD_RANK" in env or "PMI_RANK" in env:
+        return "mpi"
+    if "MLX_JACCL_COORDINATOR" in env or "MLX_IBV_DEVICES" in env:
+        return "jaccl"
+    if "NCCL_HOST_IP" in env and "MLX_WORLD_SIZE" in env:
+        return "nccl"
+    if env.get("MLX_HOSTFILE"):
+        return "ring"
+    return "any"
+
+
+class MLXComm:
+    """This process's membership of the ``mx.distributed`` group ``mlx.launch`` set up
+    (ring over TCP from its hostfile, MPI under mpirun, NCCL on CUDA). Built by
+    :func:`init_distributed`. MLX collectives have no timeout of their own: callers
+    guard them with :class:`aimv2.distributed.Watchdog`.
+    """
+
+    def __init__(self, *, backend: str | None = None) -> None:
+        self.backend = backend or _launcher_backend(os.environ)
+        self.group = mx.distributed.init(strict=True, backend=self.backend)
+        self.rank, self.size = self.group.rank(), self.group.size()
+
+    def _host_ints(self, arr: np.ndarray) -> mx.array:
+        arr = np.asarray(arr, dtype=np.int64)
+        if arr.size and np.abs(arr).max() >= 2**31:
+            raise ValueError("MLX host collectives carry int32 values; got one past 2**31")
+        return mx.array(arr.astype(np.int32))
+
+    def sum_ints(self, arr: np.ndarray) -> np.ndarray:
+        """Element-wise sum of an integer vector over the ranks."""
+        out = mx.distributed.all_sum(self._host_ints(arr), group=self.group, stream=mx.cpu)
+        return np.array(out).astype(np.int64)
+
+    def max_ints(self, arr: np.ndarray) -> np.ndarray:
+        """Element-wise maximum of an integer vector over the ranks."""
+        out = mx.distributed.all_max(self._host_ints(arr), group=self.group, stream=mx.cpu)
+        return np.array(out).astype(np.int64)
+
+    def average(self, arrays: Sequence[mx.array]) -> list[mx.array]:
+        """The mean over ranks of each array (``nn.average_gradients``: concatenated into
+        ~32 MiB all-reduces); lazy until evaluated."""
+        return list(nn.average_gradients(list(arrays), group=self.group))
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        mx.eval(mx.distributed.all_sum(mx.array(1), group=self.group, stream=mx.cpu))
+
+    def close(self) -> None:
+        """Nothing to release: MLX keeps its group for the life of the process."""
+
+
+def init_distributed(
+    *, timeout_s: float = 600.0, device: str | None = None, local_rank: int = 0
+) -> MLXComm:
+    """Join the group ``mlx.launch`` (or ``mpirun``) set up for this process.
+
+    Called by :func:`aimv2.distributed.init_world`; ``timeout_s`` is enforced there by a
+    watchdog, and ``device`` / ``local_rank`` are torch's concern (MLX picks its device).
+
+    Example:
+        >>> import os
+        >>> "MLX_RANK" in os.environ or callable(init_distributed)  # needs mlx.launch
+        True
+    """
+    return MLXComm()
+
+
 class Trainer:
     """Owns AdamW state for an MLX model and applies one update per call.
 
@@ -101,6 +175,12 @@ class Trainer:
     that. ``compile=True`` (default) compiles the gradient and update functions with
     ``mx.compile``; the learning rate is an input, so changing it does not recompile.
     Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
+
+    With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under
+    ``mlx.launch``) every rank holds the whole model; after the local micro-batches the
+    gradients (and the reported losses) are averaged over ranks with MLX's
+    ``nn.average_gradients`` (bucketed ``mx.distributed.all_sum``), under the world's
+    watchdog, so every rank applies the same update.
     """
 
     def __init__(
@@ -110,9 +190,13 @@ class Trainer:
         *,
         compile: bool = True,
         loss_fn: LossFn | None = None,
+        world: Any = None,
     ) -> None:
         self.model, self.cfg = model, cfg
         self.loss_fn = loss_fn or pretrain_loss
+        self.world = world if world is not None and world.size > 1 else None
+        self.world_size = 1 if self.world is None else self.world.size
+        self.rank = 0 if self.world is None else self.world.rank
         flat = tree_flatten(model.trainable_parameters())
         self.names = [n for n, _ in flat]
         decay = decay_mask(model.spec)
@@ -122,25 +206,48 @@ class Trainer:
         self.step_count = 0
         self.state = [model.state, self.exp_avg, self.exp_avg_sq]
         keys: list[str] = []
+        spec = model.spec  # objective weights of the pre-training terms (0 for a probe)
+        term_weight = mx.array(
+            [
+                spec.text.weight if getattr(spec, "has_text_head", False) else 0.0,
+                spec.pixel.weight if getattr(spec, "has_pixel_head", False) else 0.0,
+            ],
+            dtype=mx.float32,
+        )
+        self._term_weight = term_weight
 
         def loss_fn_(batch):
             out = self.loss_fn(model, batch)
             keys[:] = list(out)
             return out["loss"], [out[k] for k in keys]
 
+        def weighted_loss_fn_(batch, coefs):
+            out = self.loss_fn(model, batch)
+            terms = mx.stack([out[t] for t in _TERMS])
+            return (coefs * term_weight * terms).sum(), terms
+
         grad_fn = nn.value_and_grad(model, loss_fn_)
+        weighted_grad_fn = nn.value_and_grad(model, weighted_loss_fn_)
 
         def grads_of(batch):
             (_, parts), grads = grad_fn(batch)
             return mx.stack(parts), [g for _, g in tree_flatten(grads)]
+
+        def weighted_grads_of(batch, coefs):
+            (_, terms), grads = weighted_grad_fn(batch, coefs)
+            return coefs * terms, [g for _, g in tree_flatten(grads)]
 
         def update(grads, lr, t):
             return self._update(grads, lr, t)
 
         if compile:
             grads_of = mx.compile(grads_of, inputs=[model.state], outputs=[model.state])
+            weighted_grads_of = mx.compile(
+                weighted_grads_of, inputs=[model.state], outputs=[model.state]
+            )
             update = mx.compile(update, inputs=self.state, outputs=self.state)
         self._grads_of, self._apply, self._keys = grads_of, update, keys
+        self._weighted_grads_of = weighted_grads_of
 
     def _update(self, grads: list[mx.array], lr: mx.array, t: mx.array) -> mx.array:
         cfg = self.cfg
@@ -167,29 +274,64 @@ class Trainer:
         self.model.update(tree_unflatten(list(zip(self.names, new_params, strict=True))))
         return norm
 
-    def step(self, micro_batches: Sequence[Mapping[str, Any]], lr: float) -> dict[str, float]:
+    def step(
+        self,
+        micro_batches: Sequence[Mapping[str, Any]],
+        lr: float,
+        weights: Sequence[Mapping[str, float]] | None = None,
+    ) -> dict[str, float]:
         """Forward/backward every micro-batch (gradients averaged), clip, update.
 
         With the default loss each micro-batch holds NumPy ``images`` (B, C, H, W),
         ``tokens`` (B, T) or None and ``prefix_len`` (B,), validated on the host first.
         Returns the mean of each loss term and the gradient norm before clipping.
         Raises :class:`NonFiniteLoss` (without updating) on NaN/inf.
+
+        ``weights`` (pre-training loss only; one ``{"pixel_loss": w, "text_loss": w}``
+        per micro-batch, from :func:`aimv2.distributed.term_weights`) replaces the plain
+        average: the update minimizes Σ over micro-batches and ranks of ``w·term`` (each
+        term scaled by its objective weight), and each reported term is that sum over
+        ranks — the single-process loss of the global batch. Without ``weights`` a
+        multi-rank update averages the ranks' mean losses.
         """
         k = len(micro_batches)
+        if weights is not None:
+            if self.loss_fn is not pretrain_loss:
+                raise ValueError("weights: only the pre-training loss has weighted terms")
+            if len(weights) != k:
+                raise ValueError(f"weights: expected {k} entries (one per micro-batch), "
+                                 f"got {len(weights)}")  # fmt: skip
         total, acc = None, None
-        for mb in micro_batches:
+        for i, mb in enumerate(micro_batches):
             if self.loss_fn is pretrain_loss:
                 check_pretrain_batch(self.model.spec, mb)
             arrays = {name: _host_array(v) for name, v in mb.items() if v is not None}
-            parts, grads = self._grads_of(arrays)
+            if weights is None:
+                parts, grads = self._grads_of(arrays)
+            else:
+                # x K: the all-reduce below averages over the K ranks; the weights sum.
+                scale = float(self.world_size)
+                coefs = mx.array([scale * float(weights[i][t]) for t in _TERMS], mx.float32)
+                parts, grads = self._weighted_grads_of(arrays, coefs)
             total = parts if total is None else total + parts
             acc = grads if acc is None else [a + g for a, g in zip(acc, grads, strict=True)]
-        total = total / k
-        if k > 1:
-            acc = [g / k for g in acc]
+        if weights is None:
+            total = total / k
+            if k > 1:
+                acc = [g / k for g in acc]
+        if self.world is not None:
+            total, *acc = self.world.comm.average([total, *acc])
+            with self.world.guard("the gradient all-reduce"):
+                mx.eval(total, acc)
+        keys = self._keys
+        if weights is not None:
+            text, pixel = total[0], total[1]
+            loss = self._term_weight[0] * text + self._term_weight[1] * pixel
+            total = mx.stack([loss, pixel, text])
+            keys = ["loss", "pixel_loss", "text_loss"]
         norm = mx.sqrt(sum(mx.sum(mx.square(g)) for g in acc))
         host = total.tolist() + [norm.item()]
-        losses = dict(zip([*self._keys, "grad_norm"], host, strict=True))
+        losses = dict(zip([*keys, "grad_norm"], host, strict=True))
         if not all(math.isfinite(v) for v in host):
             raise NonFiniteLoss(
                 f"non-finite training values at update {self.step_count + 1}: {losses}"
@@ -199,8 +341,28 @@ class Trainer:
         mx.eval(self.state)
         return losses
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
+    def weight_arrays(self, *, root_only: bool = False) -> dict[str, np.ndarray]:
+        """The model's weights as canonical NumPy arrays (torch layouts).
+
+        ``root_only=True``: ranks other than 0 return ``{}`` (every rank holds the same).
+
+        Example:
+            >>> import aimv2
+            >>> spec = aimv2.presets.get("aimv2-test-tiny")
+            >>> t = Trainer(aimv2.build(spec, "mlx"), OptimConfig())
+            >>> t.weight_arrays()["decoder.start_token"].shape
+            (1, 1, 32)
+        """
+        if root_only and self.rank != 0:
+            return {}
+        from . import get_weights
+
+        return get_weights(self.model)
+
+    def state_arrays(self, *, root_only: bool = False) -> dict[str, np.ndarray]:
         """Optimizer moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` (torch layouts).
+
+        ``root_only`` as in :meth:`weight_arrays`.
 
         Example:
             >>> import aimv2
@@ -209,6 +371,8 @@ class Trainer:
             >>> t.state_arrays()["exp_avg.decoder.start_token"].shape
             (1, 1, 32)
         """
+        if root_only and self.rank != 0:
+            return {}
         out = {}
         for n, m, v in zip(self.names, self.exp_avg, self.exp_avg_sq, strict=True):
             out[f"exp_avg.{n}"] = _to_canonical(n, to_numpy(m))

@@ -16,7 +16,10 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
+import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -28,7 +31,18 @@ from aimv2.optim import OptimConfig, decay_mask
 
 from . import to_numpy
 
-__all__ = ["Trainer", "NonFiniteLoss", "default_device", "pretrain_loss", "probe_loss"]
+__all__ = [
+    "Trainer",
+    "NonFiniteLoss",
+    "TorchComm",
+    "default_device",
+    "init_distributed",
+    "pretrain_loss",
+    "probe_loss",
+]
+
+# The loss terms a weighted (distributed) update combines, in the model's order.
+_TERMS = ("text_loss", "pixel_loss")
 
 
 class NonFiniteLoss(FloatingPointError):
@@ -43,6 +57,108 @@ def default_device() -> str:
         True
     """
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TorchComm:
+    """This process's membership of the torchrun-launched ``torch.distributed`` group.
+
+    gloo on CPU, NCCL on CUDA (one GPU per rank: ``cuda:<LOCAL_RANK>``). Every
+    collective, the DDP/FSDP ones included, fails after ``timeout_s`` instead of
+    waiting forever for a rank that stopped. Built by :func:`init_distributed`.
+    """
+
+    def __init__(self, *, timeout_s: float, device: str | None = None, local_rank: int = 0):
+        import torch.distributed as dist
+
+        dev = torch.device(device or default_device())
+        if dev.type == "cuda":
+            if dev.index is None:
+                dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+        elif dev.type != "cpu":
+            raise ValueError(f"--device {device!r}: distributed runs use cpu (gloo) or cuda (nccl)")
+        self.device = dev
+        self.backend = "nccl" if dev.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(
+                self.backend,
+                timeout=datetime.timedelta(seconds=float(timeout_s)),
+                device_id=dev if dev.type == "cuda" else None,
+            )
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self._mesh: Any = None
+
+    def mesh(self) -> Any:
+        """The 1-D device mesh over every rank (FSDP2 shards over it)."""
+        if self._mesh is None:
+            from torch.distributed.device_mesh import init_device_mesh
+
+            self._mesh = init_device_mesh(self.device.type, (self.size,))
+        return self._mesh
+
+    def _reduce(self, arr: np.ndarray, op: Any) -> np.ndarray:
+        import torch.distributed as dist
+
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)).to(self.device)
+        dist.all_reduce(t, op=op)
+        return t.cpu().numpy()
+
+    def sum_ints(self, arr: np.ndarray) -> np.ndarray:
+        """Element-wise sum of an int64 vector over the ranks."""
+        import torch.distributed as dist
+
+        return self._reduce(arr, dist.ReduceOp.SUM)
+
+    def max_ints(self, arr: np.ndarray) -> np.ndarray:
+        """Element-wise maximum of an int64 vector over the ranks."""
+        import torch.distributed as dist
+
+        return self._reduce(arr, dist.ReduceOp.MAX)
+
+    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the ranks in place (on this rank's device) and return it."""
+        import torch.distributed as dist
+
+        dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def close(self) -> None:
+        """Destroy the process group."""
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def record_failure(self, err: BaseException) -> None:
+        """Write ``err`` to torchrun's error file, so its failure summary shows it."""
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+            try:
+                ErrorHandler().record_exception(err)
+            except Exception:  # noqa: BLE001 - reporting must never mask the error
+                pass
+
+
+def init_distributed(
+    *, timeout_s: float = 600.0, device: str | None = None, local_rank: int = 0
+) -> TorchComm:
+    """Join the process group torchrun set up (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…).
+
+    Called by :func:`aimv2.distributed.init_world`; a single process never calls it.
+
+    Example:
+        >>> import os
+        >>> "RANK" in os.environ or callable(init_distributed)  # needs torchrun to run
+        True
+    """
+    return TorchComm(timeout_s=timeout_s, device=device, local_rank=local_rank)
 
 
 LossFn = Callable[[Any, Mapping[str, Any]], Mapping[str, torch.Tensor]]
@@ -87,6 +203,15 @@ class Trainer:
     that. ``compile=True`` wraps the forward in ``torch.compile``; ``autocast``
     (``"bf16"``) runs matmuls in bfloat16 while parameters and optimizer state stay
     float32. Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
+
+    With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under torchrun)
+    the model is wrapped once, here: ``shard="none"`` in DistributedDataParallel (every
+    rank holds the whole model and the same optimizer state), ``shard="full"`` with
+    FSDP2 ``fully_shard`` on every transformer block and the root (parameters, gradients
+    and AdamW moments are sharded DTensors; the update runs on each rank's local
+    shards and the clipping norm is summed over shards). Weights must be loaded into
+    ``model`` before it is wrapped; :meth:`weight_arrays`, :meth:`state_arrays` and
+    :meth:`load_state_arrays` speak full canonical arrays whatever the sharding.
     """
 
     def __init__(
@@ -97,9 +222,43 @@ class Trainer:
         compile: bool = False,
         autocast: str | None = None,
         loss_fn: LossFn | None = None,
+        world: Any = None,
+        shard: str = "none",
     ) -> None:
+        if shard not in ("none", "full"):
+            raise ValueError(f"shard={shard!r}: expected 'none' (DDP) or 'full' (FSDP2)")
         self.model, self.cfg = model, cfg
         self.loss_fn = loss_fn or pretrain_loss
+        self.world = world if world is not None and world.size > 1 else None
+        self.world_size = 1 if self.world is None else self.world.size
+        self.rank = 0 if self.world is None else self.world.rank
+        self.sharded = self.world is not None and shard == "full"
+        self._ddp: Any = None
+        wrapped: Any = model
+        if self.world is not None:
+            comm = self.world.comm
+            if self.sharded:
+                from torch.distributed.fsdp import fully_shard
+
+                # Blocks return a reshaped view of their fused residual GEMM; FSDP2 warns
+                # that an in-place op on such a view would skip its pre-backward hook.
+                # Nothing modifies block outputs in place (the FSDP trajectory test in
+                # tests/test_distributed.py would catch wrong gradients).
+                warnings.filterwarnings(
+                    "ignore", message=r"FSDP2-wrapped module \(FSDPBlock\) returned a view"
+                )
+                mesh = comm.mesh()
+                for sub in model.modules():
+                    spec = getattr(sub, "spec", None)
+                    if sub is not model and getattr(spec, "kind", None) == "block":
+                        fully_shard(sub, mesh=mesh)
+                fully_shard(model, mesh=mesh)
+            else:
+                from torch.nn.parallel import DistributedDataParallel
+
+                model.to(comm.device)
+                ids = [comm.device.index] if comm.device.type == "cuda" else None
+                self._ddp = wrapped = DistributedDataParallel(model, device_ids=ids)
         named = list(model.named_parameters())
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
@@ -109,10 +268,15 @@ class Trainer:
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self.step_count = 0
         self.device = self.params[0].device
-        self.forward = torch.compile(model) if compile else model
+        self.forward = torch.compile(wrapped) if compile else wrapped
         if autocast not in (None, "bf16"):
             raise ValueError(f"autocast={autocast!r}: expected None or 'bf16'")
         self.autocast = autocast
+        spec = model.spec  # objective weights of the pre-training terms (0 for a probe)
+        self._term_weight = {
+            "text_loss": spec.text.weight if getattr(spec, "has_text_head", False) else 0.0,
+            "pixel_loss": spec.pixel.weight if getattr(spec, "has_pixel_head", False) else 0.0,
+        }
 
     def _autocast(self) -> Any:
         if self.autocast == "bf16":
@@ -125,37 +289,99 @@ class Trainer:
         t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
         return t.to(self.device, non_blocking=True)
 
-    def step(self, micro_batches: Sequence[Mapping[str, Any]], lr: float) -> dict[str, float]:
+    @contextlib.contextmanager
+    def _gradient_sync(self, enabled: bool) -> Any:
+        """Reduce gradients across ranks only in the last backward of an update."""
+        if self.world is None or enabled:
+            if self.sharded:
+                self.model.set_requires_gradient_sync(True)
+            yield
+        elif self.sharded:
+            self.model.set_requires_gradient_sync(False)
+            yield
+        else:
+            with self._ddp.no_sync():
+                yield
+
+    def _local(self, tensors: Sequence[Any]) -> list[torch.Tensor]:
+        return [t.to_local() for t in tensors] if self.sharded else list(tensors)
+
+    def step(
+        self,
+        micro_batches: Sequence[Mapping[str, Any]],
+        lr: float,
+        weights: Sequence[Mapping[str, float]] | None = None,
+    ) -> dict[str, float]:
         """Forward/backward every micro-batch (gradients averaged), clip, update.
 
         With the default loss each micro-batch holds NumPy ``images`` (B, C, H, W),
         ``tokens`` (B, T) or None and ``prefix_len`` (B,), validated on the host first.
         Returns the mean of each loss term and the gradient norm before clipping.
         Raises :class:`NonFiniteLoss` (without updating) on NaN/inf.
+
+        ``weights`` (pre-training loss only; one ``{"pixel_loss": w, "text_loss": w}``
+        per micro-batch, from :func:`aimv2.distributed.term_weights`) replaces the plain
+        average: the update minimizes Σ over micro-batches and ranks of
+        ``w·term`` (each term scaled by its objective weight), and each reported term is
+        that sum over ranks — the single-process loss of the global batch. Without
+        ``weights`` a multi-rank update averages the ranks' mean losses.
         """
         k = len(micro_batches)
+        if weights is not None:
+            if self.loss_fn is not pretrain_loss:
+                raise ValueError("weights: only the pre-training loss has weighted terms")
+            if len(weights) != k:
+                raise ValueError(f"weights: expected {k} entries (one per micro-batch), "
+                                 f"got {len(weights)}")  # fmt: skip
         sums: torch.Tensor | None = None
         keys: list[str] = []
-        for mb in micro_batches:
+        for i, mb in enumerate(micro_batches):
             if self.loss_fn is pretrain_loss:
                 check_pretrain_batch(self.model.spec, mb)
             tensors = {name: self._tensor(value) for name, value in mb.items()}
-            with self._autocast():
-                out = self.loss_fn(self.forward, tensors)
-            (out["loss"] / k).backward()
-            keys = list(out)
-            parts = torch.stack([out[key].detach().float() for key in keys])
+            with self._gradient_sync(i == k - 1):
+                with self._autocast():
+                    out = self.loss_fn(self.forward, tensors)
+                if weights is None:
+                    objective = out["loss"] / k
+                else:
+                    objective = sum(self._term_weight[t] * float(weights[i][t]) * out[t]
+                                    for t in _TERMS)  # fmt: skip
+                if self.world_size > 1:
+                    objective = objective * self.world_size  # DDP/FSDP average over ranks
+                objective.backward()
+            if weights is None:
+                keys = list(out)
+                parts = torch.stack([out[key].detach().float() for key in keys])
+            else:
+                keys = list(_TERMS)
+                parts = torch.stack([float(weights[i][t]) * out[t].detach().float()
+                                     for t in _TERMS])  # fmt: skip
             sums = parts if sums is None else sums + parts
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        host = torch.cat([sums / k, norm[None]]).tolist()
+        local = self._local(grads)
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(local)))
+        if weights is None:
+            sums = sums / k
+        if self.world is not None:
+            extra = norm.square()[None] if self.sharded else norm.new_zeros(1)
+            reduced = self.world.comm.all_reduce_(torch.cat([sums, extra]))
+            sums = reduced[:-1] if weights is not None else reduced[:-1] / self.world_size
+            if self.sharded:
+                norm = reduced[-1].sqrt()
+        if weights is not None:
+            text, pixel = sums[0], sums[1]
+            total = self._term_weight["text_loss"] * text + self._term_weight["pixel_loss"] * pixel
+            sums = torch.stack([total, pixel, text])
+            keys = ["loss", "pixel_loss", "text_loss"]
+        host = torch.cat([sums, norm[None]]).tolist()
         losses = dict(zip([*keys, "grad_norm"], host, strict=True))
         if not all(math.isfinite(v) for v in host):
             self.model.zero_grad(set_to_none=True)
             raise NonFiniteLoss(
                 f"non-finite training values at update {self.step_count + 1}: {losses}"
             )
-        self._update(grads, norm, lr)
+        self._update(local, norm, lr)
         self.model.zero_grad(set_to_none=True)
         return losses
 
@@ -163,23 +389,58 @@ class Trainer:
     def _update(self, grads: list[torch.Tensor], norm: torch.Tensor, lr: float) -> None:
         cfg = self.cfg
         b1, b2 = cfg.betas
+        params, exp_avg = self._local(self.params), self._local(self.exp_avg)
+        exp_avg_sq, decay_params = self._local(self.exp_avg_sq), self._local(self.decay_params)
         if cfg.clip_norm is not None:
             coef = torch.clamp(cfg.clip_norm / (norm + 1e-6), max=1.0)
             torch._foreach_mul_(grads, coef)
         self.step_count += 1
         t = self.step_count
-        torch._foreach_lerp_(self.exp_avg, grads, 1 - b1)
-        torch._foreach_mul_(self.exp_avg_sq, b2)
-        torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1 - b2)
-        if self.decay_params and cfg.weight_decay:
-            torch._foreach_mul_(self.decay_params, cfg.decay_factor(lr))
-        denom = torch._foreach_sqrt(self.exp_avg_sq)
+        torch._foreach_lerp_(exp_avg, grads, 1 - b1)
+        torch._foreach_mul_(exp_avg_sq, b2)
+        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - b2)
+        if decay_params and cfg.weight_decay:
+            torch._foreach_mul_(decay_params, cfg.decay_factor(lr))
+        denom = torch._foreach_sqrt(exp_avg_sq)
         torch._foreach_div_(denom, math.sqrt(1 - b2**t))
         torch._foreach_add_(denom, cfg.eps)
-        torch._foreach_addcdiv_(self.params, self.exp_avg, denom, value=-lr / (1 - b1**t))
+        torch._foreach_addcdiv_(params, exp_avg, denom, value=-lr / (1 - b1**t))
 
-    def state_arrays(self) -> dict[str, np.ndarray]:
+    @torch.no_grad()
+    def _gather(self, tensors: Sequence[Any], names: Sequence[str], root_only: bool) -> dict:
+        """Full NumPy arrays; sharded tensors are all-gathered one at a time (a
+        collective: every rank must call), and kept on rank 0 only with ``root_only``."""
+        keep = not root_only or self.rank == 0
+        out = {}
+        for name, t in zip(names, tensors, strict=True):
+            if self.sharded:
+                full = t.full_tensor()
+                if keep:
+                    out[name] = to_numpy(full)
+                del full
+            elif keep:
+                out[name] = to_numpy(t)
+        return out
+
+    def weight_arrays(self, *, root_only: bool = False) -> dict[str, np.ndarray]:
+        """The model's weights as canonical NumPy arrays (gathered when sharded).
+
+        ``root_only=True``: ranks other than 0 take part in the gather and return ``{}``.
+
+        Example:
+            >>> import aimv2
+            >>> spec = aimv2.presets.get("aimv2-test-tiny")
+            >>> t = Trainer(aimv2.build(spec, "torch"), OptimConfig())
+            >>> t.weight_arrays()["decoder.start_token"].shape
+            (1, 1, 32)
+        """
+        return self._gather(self.params, self.names, root_only)
+
+    def state_arrays(self, *, root_only: bool = False) -> dict[str, np.ndarray]:
         """Optimizer moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` NumPy arrays.
+
+        Full arrays whatever the sharding (a collective when sharded); ``root_only``
+        as in :meth:`weight_arrays`.
 
         Example:
             >>> import aimv2
@@ -188,14 +449,17 @@ class Trainer:
             >>> t.state_arrays()["exp_avg.decoder.start_token"].shape
             (1, 1, 32)
         """
-        out = {}
-        for n, m, v in zip(self.names, self.exp_avg, self.exp_avg_sq, strict=True):
-            out[f"exp_avg.{n}"], out[f"exp_avg_sq.{n}"] = to_numpy(m), to_numpy(v)
-        return out
+        names = [f"{k}.{n}" for k in ("exp_avg", "exp_avg_sq") for n in self.names]
+        out = self._gather([*self.exp_avg, *self.exp_avg_sq], names, root_only)
+        if not out:
+            return out
+        order = [f"{k}.{n}" for n in self.names for k in ("exp_avg", "exp_avg_sq")]
+        return {key: out[key] for key in order}
 
     @torch.no_grad()
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray], step_count: int) -> None:
-        """Restore moments saved by :meth:`state_arrays` (from either backend).
+        """Restore moments saved by :meth:`state_arrays` (from either backend, any
+        number of ranks); a sharded trainer keeps its own shard of each full array.
 
         Example:
             >>> import aimv2
@@ -219,5 +483,16 @@ class Trainer:
                         f"optimizer state {key}.{n}: expected shape {tuple(store[i].shape)}, "
                         f"got {src.shape}"
                     )
-                store[i].copy_(torch.from_numpy(src).to(store[i]))
+                full = torch.from_numpy(np.ascontiguousarray(src)).to(
+                    device=self.device, dtype=store[i].dtype
+                )
+                if self.sharded:
+                    from torch.distributed.tensor import distribute_tensor
+
+                    shard = distribute_tensor(
+                        full, store[i].device_mesh, store[i].placements, src_data_rank=None
+                    )
+                    store[i].to_local().copy_(shard.to_local())
+                else:
+                    store[i].copy_(full)
         self.step_count = int(step_count)
