@@ -5,7 +5,10 @@ A backend package (``aimv2.backends.torch``, ``aimv2.backends.mlx``) exports:
 ``get_weights(module)`` (canonical names, torch layouts, NumPy), ``set_weights(module,
 weights)``, ``to_numpy(array)``, ``from_numpy(array, like=None)``, ``to_model(module, array)``,
 ``cast(module, dtype, device)``, ``loss_and_grads(model, ...)`` and a ``train`` submodule with
-a ``Trainer`` (see :mod:`aimv2.training`). Shared drivers
+``init_distributed(timeout_s=, device=, local_rank=)``, ``pretrain_loss``, ``probe_loss`` and a
+``Trainer`` (``step(micro_batches, lr, weights=None)``, ``state_arrays``/``weight_arrays``
+(``root_only=``), ``load_state_arrays``; ``world=`` for data parallelism, torch also
+``shard=`` for FSDP2) — see :mod:`aimv2.training`. Shared drivers
 call these and nothing else. Backends are imported only when asked for.
 
 Example:
