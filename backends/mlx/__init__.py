@@ -7,6 +7,15 @@ boundary. Attention uses ``mx.fast.scaled_dot_product_attention``, norms
 ``mx.fast.rms_norm`` / ``mx.fast.layer_norm``. Constant masks are built per call and
 never stored as attributes, so they stay out of the parameter tree.
 
+On a Linux CPU, MLX runs each op on one thread per stream, and its elementwise and
+exp-based ops (SiLU, softmax) are not vectorized across cores. The encoder and the
+pre-training model therefore split a batch over one CPU stream per core
+(:func:`cpu_streams`) with the BLAS single-threaded, so all cores work on every op; the
+results are the same up to float32 summation order. MLX's CPU ``exp`` is scalar code,
+so on the CPU the SwiGLU gate and the attention softmax use an exp built from vectorized
+basic ops (Cody–Waite range reduction and a degree-7 polynomial: within 2 float32 ulp).
+:func:`set_checkpointing` turns on activation checkpointing.
+
 Example:
     >>> import aimv2, mlx.core as mx
     >>> spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4, image_size=8,
@@ -18,8 +27,11 @@ Example:
 
 from __future__ import annotations
 
+import ctypes
 import functools
-from collections.abc import Mapping
+import os
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import mlx.core as mx
@@ -42,6 +54,11 @@ __all__ = [
     "to_numpy",
     "from_numpy",
     "to_model",
+    "set_checkpointing",
+    "cpu_streams",
+    "set_cpu_streams",
+    "restore_blas_threads",
+    "plan_cpu_batch",
 ]
 
 REGISTRY: dict[str, type[nn.Module]] = {}
@@ -63,6 +80,193 @@ def _mask_arg(mask: Any) -> Any:
     if mask is None or isinstance(mask, str):
         return mask
     return _as_array(mask).astype(mx.bool_)
+
+
+# --------------------------------------------------------------------------- CPU streams
+
+_STREAMS: list[Any] = []
+_CPU: dict[str, Any] = {"streams": None, "blas_default": None}
+# (set, get) thread-count entry points of the optimized BLAS libraries aimv2 preloads
+_BLAS_THREAD_FNS = (
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+    ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
+    ("bli_thread_set_num_threads", "bli_thread_get_num_threads"),
+)
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_threads() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    """The BLAS's thread-count setter and getter, when one is in the global namespace."""
+    try:
+        lib = ctypes.CDLL(None)
+    except OSError:
+        return None
+    for set_name, get_name in _BLAS_THREAD_FNS:
+        setter, getter = getattr(lib, set_name, None), getattr(lib, get_name, None)
+        if setter is not None and getter is not None:
+            setter.argtypes, setter.restype = [ctypes.c_int], None
+            getter.argtypes, getter.restype = [], ctypes.c_int
+            return setter, getter
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def _auto_streams() -> int:
+    if not sys.platform.startswith("linux"):
+        return 1  # macOS: Accelerate and the GPU parallelize on their own
+    env = os.environ.get("AIMV2_MLX_CPU_STREAMS", "").strip()
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ValueError(f"AIMV2_MLX_CPU_STREAMS={env!r}: expected an integer") from None
+    cores = min(_cores(), 8)
+    if cores < 2:
+        return 1
+    if _blas_threads() is not None:
+        return cores  # an optimized BLAS whose threads we can set to one per stream
+    from aimv2 import blas
+
+    # No optimized BLAS mapped: MLX runs on the single-threaded reference BLAS of mlx[cpu].
+    # An optimized one we cannot make single-threaded would be oversubscribed: no split.
+    return cores if blas.preloaded_blas() is None else 1
+
+
+def cpu_streams() -> int:
+    """How many CPU streams the MLX encoder and pre-training model split a batch over.
+
+    Automatic on Linux: one per core when the BLAS in the process is single-threaded or
+    can be made so (OpenBLAS, MKL, BLIS), else 1; ``AIMV2_MLX_CPU_STREAMS`` or
+    :func:`set_cpu_streams` overrides it. Only CPU-device computations are split.
+
+    Example:
+        >>> cpu_streams() >= 1
+        True
+    """
+    return _CPU["streams"] if _CPU["streams"] is not None else _auto_streams()
+
+
+def set_cpu_streams(count: int | None) -> None:
+    """Split CPU batches over ``count`` streams (1 turns splitting off; None: automatic).
+
+    Example:
+        >>> set_cpu_streams(1); cpu_streams()
+        1
+        >>> set_cpu_streams(None)
+    """
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 1):
+        raise ValueError(f"count={count!r}: expected a positive integer or None")
+    _CPU["streams"] = count
+    if count == 1:
+        restore_blas_threads()
+
+
+def restore_blas_threads() -> None:
+    """Give the BLAS back the thread count it had before a split batch set it to one.
+
+    A split batch makes the BLAS single-threaded when its graph is built (the streams
+    are the parallelism); the next batch run whole restores it by itself. Call this
+    before timing or running your own large matmuls right after a split batch.
+
+    Example:
+        >>> restore_blas_threads()
+    """
+    threads = _blas_threads()
+    if threads is not None and _CPU["blas_default"] is not None:
+        threads[0](_CPU["blas_default"])
+    _CPU["blas_default"] = None
+
+
+def plan_cpu_batch(batch: int) -> int:
+    """Into how many parts a CPU batch of ``batch`` examples is split, with the BLAS
+    thread count set to match (one per stream when splitting, its own otherwise).
+
+    The encoder and the pre-training model call this when they build their graph. A
+    compiled training step builds its graph once, so a loop that runs other batch sizes
+    between compiled steps should call it with the step's batch size before each step.
+
+    Example:
+        >>> plan_cpu_batch(1)
+        1
+    """
+    if mx.default_device() != mx.cpu:
+        return 1
+    k = min(cpu_streams(), batch)
+    if k <= 1:
+        restore_blas_threads()
+        return 1
+    threads = _blas_threads()
+    if threads is not None and _CPU["blas_default"] is None:
+        _CPU["blas_default"] = threads[1]()
+        threads[0](1)
+    return k
+
+
+def _split_batch(batch: int) -> list[tuple[int, int, Any]]:
+    """``(lo, hi, stream)`` per part of a CPU batch, or [] to run it whole."""
+    k = plan_cpu_batch(batch)
+    if k <= 1:
+        return []
+    while len(_STREAMS) < k:
+        _STREAMS.append(mx.new_stream(mx.cpu))
+    bounds, lo = [], 0
+    for i in range(k):
+        hi = lo + batch // k + (1 if i < batch % k else 0)
+        bounds.append((lo, hi, _STREAMS[i]))
+        lo = hi
+    return bounds
+
+
+# --------------------------------------------------------------------------- CPU exp
+
+_LOG2E = 1.4426950408889634
+_LN2_HI, _LN2_LO = 0.693145751953125, 1.428606765330187e-06  # ln 2 = hi + lo, hi exact × k
+# exp(r) ≈ 1 + r + r²·P(r) on |r| ≤ ln2/2 (Cephes expf)
+_EXP_P = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+          1.6666665459e-1, 5.0000001201e-1)  # fmt: skip
+
+
+@mx.custom_function
+def _cpu_exp(x: mx.array) -> mx.array:
+    """float32 exp from vectorized ops: exp(x) = 2^k · exp(r), r = x − k·ln2."""
+    x = mx.clip(x, -87.0, 88.0)  # keeps 2^k a normal float; NaN passes through
+    k = mx.floor(x * _LOG2E + 0.5)
+    r = x - k * _LN2_HI - k * _LN2_LO
+    poly = _EXP_P[0] * r + _EXP_P[1]
+    for c in _EXP_P[2:]:
+        poly = poly * r + c
+    poly = poly * (r * r) + r + 1.0
+    return poly * mx.left_shift(k.astype(mx.int32) + 127, 23).view(mx.float32)
+
+
+@_cpu_exp.vjp
+def _cpu_exp_vjp(primals: Any, cotangent: mx.array, output: mx.array) -> tuple[mx.array]:
+    return (cotangent * output,)
+
+
+def _fast_exp_ok(x: mx.array) -> bool:
+    return x.dtype == mx.float32 and mx.default_device() == mx.cpu
+
+
+def _attention(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Any) -> mx.array:
+    """Scaled dot-product attention; ``mask`` None, ``"causal"`` or boolean (True = see)."""
+    if not _fast_exp_ok(q):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    scores = (q * scale) @ k.swapaxes(-1, -2)
+    if isinstance(mask, str):
+        n_q, n_k = scores.shape[-2:]
+        mask = mx.arange(n_k)[None, :] <= mx.arange(n_k - n_q, n_k)[:, None]
+    if mask is not None:
+        scores = mx.where(mask, scores, -mx.inf)
+    e = _cpu_exp(scores - scores.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)) @ v
 
 
 @_register("norm")
@@ -152,9 +356,7 @@ class Attention(nn.Module):
         b, n, d = x.shape
         h = self.spec.heads
         qkv = self.qkv(x).reshape(b, n, 3, h, d // h).transpose(2, 0, 3, 1, 4)
-        o = mx.fast.scaled_dot_product_attention(
-            qkv[0], qkv[1], qkv[2], scale=self.spec.head_dim**-0.5, mask=_mask_arg(mask)
-        )
+        o = _attention(qkv[0], qkv[1], qkv[2], self.spec.head_dim**-0.5, _mask_arg(mask))
         return self.proj(o.transpose(0, 2, 1, 3).reshape(b, n, d))
 
 
@@ -172,7 +374,10 @@ class FeedForward(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         if self.spec.type == "swiglu":
-            return self.fc2(nn.silu(self.fc1(x)) * self.fc3(x))
+            gate, up = self.fc1(x), self.fc3(x)
+            if _fast_exp_ok(gate):
+                return self.fc2(gate * up / (1.0 + _cpu_exp(-gate)))
+            return self.fc2(nn.silu(gate) * up)
         return self.fc2(nn.gelu(self.fc1(x)))
 
 
@@ -193,22 +398,33 @@ class Block(nn.Module):
         return x + self.mlp(self.norm_2(x))
 
 
+def _call_block(owner: nn.Module, blk: Block, x: mx.array, mask: Any) -> mx.array:
+    """``blk(x, mask)``; with ``owner.checkpoint`` the block's activations are
+    recomputed in the backward pass instead of kept."""
+    if owner.checkpoint:
+        return nn.utils.checkpoint(blk, lambda y: blk(y, mask))(x)
+    return blk(x, mask)
+
+
 @_register("trunk")
 class Trunk(nn.Module):
-    """``blocks`` then ``post_trunk_norm``."""
+    """``blocks`` then ``post_trunk_norm``. ``checkpoint = True`` recomputes each
+    block's activations in the backward pass (see :func:`set_checkpointing`)."""
 
     def __init__(self, spec: S.TrunkSpec):
         super().__init__()
         self.spec = spec
         self.blocks = [Block(spec.block) for _ in range(spec.depth)]
         self.post_trunk_norm = Norm(spec.final_norm_spec)
+        self.checkpoint = False
 
     def __call__(self, x: mx.array, mask: Any = None, return_blocks: bool = False) -> Any:
         mask = _mask_arg(mask)
         outs = []
         for blk in self.blocks:
-            x = blk(x, mask)
-            outs.append(x)
+            x = _call_block(self, blk, x, mask)
+            if return_blocks:
+                outs.append(x)
         y = self.post_trunk_norm(x)
         return (y, outs) if return_blocks else y
 
@@ -301,12 +517,32 @@ class Encoder(nn.Module):
         images = _as_array(images)
         if check:
             _check_images(self.spec, images)
-        x = self.preprocessor(images.astype(self.preprocessor.patchifier.proj.weight.dtype))
-        mask = None
+        b = images.shape[0]
+        m = None
         if prefix_len is not None:
-            b, n = x.shape[:2]
+            p = self.spec.patch_size
+            n = (images.shape[-2] // p) * (images.shape[-1] // p)
             m = prefix_len if not check else mx.array(_prefix_values(prefix_len, b, n))
-            mask = _prefix_mask(_as_array(m), n)
+            m = mx.broadcast_to(_as_array(m), (b,))
+        chunks = _split_batch(b)
+        if not chunks:
+            return self._forward(images, m, return_blocks)
+        parts = []
+        for lo, hi, stream in chunks:
+            with mx.stream(stream):
+                parts.append(
+                    self._forward(images[lo:hi], None if m is None else m[lo:hi], return_blocks)
+                )
+        if not return_blocks:
+            return mx.concatenate(parts, axis=0)
+        y = mx.concatenate([part[0] for part in parts], axis=0)
+        per_block = zip(*(part[1] for part in parts), strict=True)
+        blocks = [mx.concatenate(outs, axis=0) for outs in per_block]
+        return y, blocks
+
+    def _forward(self, images: mx.array, m: mx.array | None, return_blocks: bool) -> Any:
+        x = self.preprocessor(images.astype(self.preprocessor.patchifier.proj.weight.dtype))
+        mask = None if m is None else _prefix_mask(m, x.shape[1])
         return self.trunk(x, mask, return_blocks)
 
 
@@ -324,6 +560,7 @@ class Decoder(nn.Module):
         self.pos_embed = mx.zeros((1, spec.context_length + 1, d))
         self.blocks = [Block(spec.block) for _ in range(spec.depth)]
         self.norm = Norm(spec.final_norm_spec)
+        self.checkpoint = False
 
     def __call__(self, features: mx.array, tokens: Any = None, check: bool = True) -> Any:
         """→ (image hidden (B, N, D), text hidden (B, T, D) predicting tokens 1…T, or None)."""
@@ -340,7 +577,7 @@ class Decoder(nn.Module):
             text = mx.concatenate([start, self.text_embed(tokens)], axis=1)
             h = mx.concatenate([h, text + self.pos_embed[:, : t + 1]], axis=1)
         for blk in self.blocks:
-            h = blk(h, "causal")
+            h = _call_block(self, blk, h, "causal")
         h = self.norm(h)
         return h[:, :n], (h[:, n:-1] if tokens is not None else None)
 
@@ -425,11 +662,46 @@ class PretrainModel(nn.Module):
         m = None
         if prefix_len is not None:
             m = mx.array(_prefix_values(prefix_len, b, n)) if check else _as_array(prefix_len)
-        feats = self.encoder(images, m, check=False)
-        img_h, txt_h = self.decoder(feats, tokens if spec.has_text_head else None, check)
-        zero = mx.array(0.0)
-        out: dict[str, Any] = {"pixel_loss": zero, "text_loss": zero}
-        out["pixel_pred"] = out["text_logits"] = None
+            m = mx.broadcast_to(m, (b,))
+        if not spec.has_text_head:
+            tokens = None
+        elif tokens is not None:
+            tokens = _as_array(tokens)
+            if check:
+                _check_tokens(tokens, b, spec.decoder)
+        chunks = _split_batch(b)
+        if not chunks:
+            parts = [self._partial(images, tokens, m, n)]
+        else:
+            parts = []
+            for lo, hi, stream in chunks:
+                with mx.stream(stream):
+                    tok = None if tokens is None else tokens[lo:hi]
+                    parts.append(
+                        self._partial(images[lo:hi], tok, None if m is None else m[lo:hi], n)
+                    )
+        out: dict[str, Any] = {"pixel_pred": None, "text_logits": None}
+        for key in ("pixel", "text"):
+            if parts[0][f"{key}_sum"] is None:
+                out[f"{key}_loss"] = mx.array(0.0)
+                continue
+            total = sum(part[f"{key}_sum"] for part in parts)
+            count = sum(part[f"{key}_count"] for part in parts)
+            out[f"{key}_loss"] = total / mx.maximum(count, 1.0)
+            outputs = [part[f"{key}_out"] for part in parts]
+            name = "pixel_pred" if key == "pixel" else "text_logits"
+            out[name] = outputs[0] if len(outputs) == 1 else mx.concatenate(outputs, axis=0)
+        out["loss"] = spec.text.weight * out["text_loss"] + spec.pixel.weight * out["pixel_loss"]
+        return out
+
+    def _partial(
+        self, images: mx.array, tokens: mx.array | None, m: mx.array | None, n: int
+    ) -> dict[str, Any]:
+        """Both objectives' sums and counts over one (part of a) batch."""
+        spec = self.spec
+        feats = self.encoder._forward(images, m, False)
+        img_h, txt_h = self.decoder(feats, tokens, check=False)
+        out: dict[str, Any] = {"pixel_sum": None, "text_sum": None}
         if spec.has_pixel_head:
             pred = self.pixel_head(img_h[:, :-1])
             per_patch = mx.square(pred.astype(mx.float32) - patch_targets(spec, images)).mean(-1)
@@ -438,18 +710,15 @@ class PretrainModel(nn.Module):
                 counted = (t[None, :] >= m[:, None]).astype(mx.float32)
             else:
                 counted = mx.ones_like(per_patch)
-            out["pixel_pred"] = pred
-            out["pixel_loss"] = (per_patch * counted).sum() / mx.maximum(counted.sum(), 1.0)
+            out.update(pixel_sum=(per_patch * counted).sum(), pixel_count=counted.sum())
+            out["pixel_out"] = pred
         if spec.has_text_head:
-            tokens = _as_array(tokens)
             logits = self.text_head(txt_h)
             lf = logits.astype(mx.float32)
             picked = mx.take_along_axis(lf, tokens[..., None].astype(mx.int32), axis=-1)[..., 0]
             ce = mx.logsumexp(lf, axis=-1) - picked
             valid = (tokens != spec.text.pad_id).astype(mx.float32)
-            out["text_logits"] = logits
-            out["text_loss"] = (ce * valid).sum() / mx.maximum(valid.sum(), 1.0)
-        out["loss"] = spec.text.weight * out["text_loss"] + spec.pixel.weight * out["pixel_loss"]
+            out.update(text_sum=(ce * valid).sum(), text_count=valid.sum(), text_out=logits)
         return out
 
 
@@ -595,3 +864,26 @@ def loss_and_grads(
     losses = {"loss": float(loss.item())}
     losses.update({k: float(v.item()) for k, v in parts.items()})
     return losses, flat
+
+
+def set_checkpointing(model: nn.Module, enabled: bool = True) -> int:
+    """Turn activation checkpointing on (or off) for every block stack in ``model``
+    (encoder trunk, decoder): each block's activations are recomputed in the backward
+    pass instead of kept. For the large presets. Returns how many stacks were switched.
+
+    Example:
+        >>> import aimv2
+        >>> m = aimv2.build(aimv2.presets.get("aimv2-test-tiny"), backend="mlx")
+        >>> set_checkpointing(m)
+        2
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected an MLX module, got {type(model).__name__}")
+    count = 0
+    for _, module in model.named_modules():
+        # the block stacks (Trunk, Decoder) carry a ``checkpoint`` flag; matched by the
+        # flag, not the class, so a second import of this module (doctests) agrees
+        if isinstance(getattr(module, "checkpoint", None), bool):
+            module.checkpoint = bool(enabled)
+            count += 1
+    return count
