@@ -429,6 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_convert_parser(sub)
 
+    from .bench import add_bench_parser
+
+    add_bench_parser(sub)
+
     p = sub.add_parser("plot", help="draw a run's loss curves to a PNG")
     p.add_argument("dir", help="run directory (or metrics.jsonl)")
     p.add_argument("--out", help="PNG path (default DIR/loss.png)")
@@ -445,7 +449,32 @@ def main(argv: list[str] | None = None) -> int:
         True
     """
     args = build_parser().parse_args(argv)
+    if argv is None and mlx_only(args):
+        # the command line of an MLX-only run: re-execute once on an optimized BLAS
+        from . import blas
+
+        blas.ensure_fast_blas("mlx")
     return int(args.func(args) or 0)
+
+
+def mlx_only(args: argparse.Namespace) -> bool:
+    """Whether a parsed ``aimv2`` command runs MLX and never torch in this process.
+
+    Such a process may get an optimized BLAS preloaded (:mod:`aimv2.blas`); a process
+    that runs torch must not (the preload slows torch). ``bench`` arranges its own
+    processes and is never re-executed.
+
+    Example:
+        >>> mlx_only(build_parser().parse_args(["probe", "--backend", "mlx", "--out", "o"]))
+        True
+        >>> mlx_only(build_parser().parse_args(["parity", "aimv2-test-tiny"]))
+        False
+    """
+    if args.command == "parity":
+        return args.backend is not None and set(args.backend) == {"mlx"}
+    if args.command in ("pretrain", "quickstart", "probe", "extract"):
+        return args.backend == "mlx"
+    return False
 
 
 if __name__ == "__main__":
