@@ -350,54 +350,13 @@ def test_timm_key_layout_by_table(tmp_path):
 
 
 _TIMM_SCRIPT = r"""
-import importlib.abc, importlib.machinery, json, sys, types
+import json, sys
 args = json.loads(sys.argv[1])
-try:
-    import timm
-    stubbed = False
-except ModuleNotFoundError as err:
-    if not (err.name or "").startswith("torchvision"):
-        raise
-    # timm imports torchvision (data transforms, FrozenBatchNorm2d) at import time, and
-    # PyPI's torchvision does not load beside this torch build. The ViT code never calls
-    # it, so stand-in modules let timm import; nothing here touches the test process.
-    import torch
+from aimv2._peers import import_timm
 
-    class _Anything(type(torch.nn.Module)):
-        def __getattr__(cls, name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            kids = cls.__dict__["_kids"]
-            if name not in kids:
-                kids[name] = _Anything(name, (cls,), {"_kids": {}})
-            return kids[name]
-
-    class _Stub(torch.nn.Module, metaclass=_Anything):
-        _kids = {}
-
-    class _StubModule(types.ModuleType):
-        def __getattr__(self, name):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return getattr(_Stub, name)
-
-    class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, fullname, path, target=None):
-            if fullname.split(".")[0] == "torchvision":
-                return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-            return None
-
-        def create_module(self, spec):
-            m = _StubModule(spec.name)
-            m.__path__ = []
-            return m
-
-        def exec_module(self, module):
-            pass
-
-    sys.meta_path.insert(0, _Finder())
-    import timm
-    stubbed = True
+# timm imports torchvision at import time, and PyPI's torchvision does not load beside
+# this torch build; stand-in modules (in this subprocess only) let timm import.
+timm, stubbed = import_timm()
 import numpy as np, torch
 from aimv2.safetensors import save_file
 
