@@ -379,3 +379,26 @@ def test_tune_cpu_allocator_is_harmless():
     assert tune_cpu_allocator() is sys.platform.startswith("linux")
     model = aimv2.build(aimv2.presets.get(TINY).encoder, "torch")
     assert model(np.zeros((1, 3, 16, 16), np.float32)).shape == (1, 16, 32)
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_torch_inference_path_equals_the_autograd_path(qkv_bias):
+    # Without autograd the torch attention runs one GEMM per q/k/v slice of the fused
+    # weight and SwiGLU in place; it must give what the autograd path gives.
+    torch = pytest.importorskip("torch")
+    from aimv2.testing import FORWARD_TOL
+
+    spec = aimv2.encoder_spec(width=64, depth=2, heads=4, patch_size=4, image_size=16)
+    if qkv_bias:
+        attn = dataclasses.replace(spec.trunk.block.attn, qkv_bias=True, proj_bias=True)
+        block = dataclasses.replace(spec.trunk.block, attn=attn)
+        spec = dataclasses.replace(spec, trunk=dataclasses.replace(spec.trunk, block=block))
+    model = aimv2.build(spec, "torch", seed=4)
+    x = torch.from_numpy(np.random.default_rng(1).standard_normal((3, 3, 16, 16), np.float32))
+    grad_path = model(x).detach().numpy()
+    with torch.inference_mode():
+        fast = model(x).numpy()
+    weights = {k: v.detach().numpy() for k, v in model.named_parameters()}
+    reference = aimv2.reference.forward(spec, weights, x.numpy().astype(np.float64))
+    assert np.abs(fast - grad_path).max() <= FORWARD_TOL.bound(reference)
+    assert np.abs(fast - reference).max() <= FORWARD_TOL.bound(reference)

@@ -196,7 +196,20 @@ class Attention(nn.Module):
         is given (the add is fused into the output projection)."""
         b, n, d = x.shape
         h = self.spec.heads
-        q, k, v = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        if _needs_grad(x, self.qkv.weight):
+            q, k, v = self.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            # inference: one GEMM per third of the fused weight (row slices are views), so
+            # q, k and v come out densely packed for the attention kernel
+            w, bias = self.qkv.weight, self.qkv.bias
+            q, k, v = (
+                F.linear(
+                    x, w[i * d : (i + 1) * d], None if bias is None else bias[i * d : (i + 1) * d]
+                )
+                .view(b, n, h, d // h)
+                .transpose(1, 2)
+                for i in range(3)
+            )
         o = _sdpa(q, k, v, _mask_arg(mask, x.device)).transpose(1, 2).reshape(b, n, d)
         if residual is None:
             return self.proj(o)
