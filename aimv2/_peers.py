@@ -23,6 +23,8 @@ from typing import Any
 
 __all__ = ["import_timm"]
 
+_STAND_IN = {"installed": False}  # whether this process's torchvision is the stand-in
+
 
 def _install_torchvision_stand_in() -> None:
     import torch
@@ -62,11 +64,13 @@ def _install_torchvision_stand_in() -> None:
     for name in [n for n in sys.modules if n.split(".")[0] == "torchvision"]:
         del sys.modules[name]  # a half-imported real torchvision
     sys.meta_path.insert(0, _Finder())
+    _STAND_IN["installed"] = True
 
 
 def import_timm(stand_in: bool = True) -> tuple[Any, bool]:
     """``(timm, stubbed)``: timm imported, with stand-in torchvision modules when the
-    real one does not import and ``stand_in`` is true (``stubbed`` says so).
+    real one does not import and ``stand_in`` is true (``stubbed`` says whether timm
+    runs on the stand-in in this process).
 
     Raises the original ImportError when timm itself is missing, or when torchvision is
     missing and ``stand_in`` is false.
@@ -82,7 +86,7 @@ def import_timm(stand_in: bool = True) -> tuple[Any, bool]:
     try:
         import timm
 
-        return timm, False
+        return timm, _STAND_IN["installed"]
     except ModuleNotFoundError as err:
         if not stand_in or not (err.name or "").startswith("torchvision"):
             raise

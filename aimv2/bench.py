@@ -326,8 +326,7 @@ class _Local:
         import aimv2
 
         d = self.desc
-        weights = aimv2.init_weights(enc, d.seed)
-        ours = aimv2.build(enc, "torch", weights=weights)
+        ours = aimv2.build(enc, "torch", seed=d.seed)
         if d.impl == "aimv2":
             if d.checkpoint:
                 from .backends.torch import set_checkpointing
@@ -337,16 +336,9 @@ class _Local:
             return ours
         if d.checkpoint:
             raise _Skip("activation checkpointing is an aimv2 option; peers run without it")
-        if d.impl == "transformers":
-            model = _transformers_model(enc, weights)
-            self.info["note"] = f"transformers {_version('transformers')} Aimv2VisionModel, sdpa"
-        elif d.impl == "timm":
-            model = _timm_model(enc, weights)
-            self.info["note"] = "; ".join(
-                [f"timm {_version('timm')} VisionTransformer (AIMv2 config)", *_TIMM_NOTES]
-            )
-        else:
+        if d.impl not in ("transformers", "timm"):
             raise _Skip(f"unknown implementation {d.impl!r}")
+        model, self.info["note"] = _peer_model(d.impl, ours)
         err = _max_diff(ours, model, d.impl, enc, d.seed)
         self.info["max_abs_diff"] = err
         if not err < 1e-3:
@@ -604,135 +596,41 @@ def _batches(spec: S.ModelSpec, d: _Desc) -> Iterator[dict[str, Any]]:
 # --------------------------------------------------------------------------- peers
 
 
-def _peer_check(enc: S.EncoderSpec, impl: str) -> None:
-    block = enc.trunk.block
-    norms = {enc.patchifier.norm_spec, block.norm, enc.trunk.final_norm_spec}
-    problems = []
-    if any(n.type != "rms" for n in norms) or len({n.eps for n in norms}) != 1:
-        problems.append("its norms are not all RMSNorm with one eps")
-    if block.mlp.type != "swiglu":
-        problems.append("its feed-forward is not SwiGLU")
-    if not enc.patchifier.bias:
-        problems.append("its patch embedding has no bias")
-    if block.attn.qkv_bias != block.attn.proj_bias:
-        problems.append("its qkv and output-projection biases differ")
-    if impl == "timm" and enc.pos_embed.type != "learned":
-        problems.append("timm's AIMv2 model has a learned position table")
-    if impl == "transformers" and enc.pos_embed.type == "none":
-        problems.append("it has no position embedding")
-    if impl == "transformers" and enc.image_size and enc.image_size[0] != enc.image_size[1]:
-        problems.append("transformers' config takes square images only")
-    if problems:
-        raise _Skip(f"this spec is not expressible in {impl}: " + "; ".join(problems))
+def _peer_model(impl: str, ours: Any) -> tuple[Any, str]:
+    """``(model, note)``: the peer ``impl`` holding ``ours``'s weights, loaded the way a
+    user loads it from this library's own export (:func:`aimv2.save_pretrained`)."""
+    import tempfile
+    from pathlib import Path
 
+    from .formats import FormatError, save_pretrained
 
-def _transformers_model(enc: S.EncoderSpec, weights: dict[str, np.ndarray]) -> Any:
-    _peer_check(enc, "transformers")
     try:
-        import torch
-        from transformers import Aimv2VisionConfig, Aimv2VisionModel
+        import torch  # noqa: F401
+
+        if impl == "transformers":
+            from transformers import Aimv2VisionModel
+        else:
+            from ._peers import import_timm
+
+            timm, stubbed = import_timm()
     except Exception as err:  # noqa: BLE001 (any import failure means: skip it)
-        raise _Skip(f"transformers does not import here: {type(err).__name__}: {err}") from None
-    block = enc.trunk.block
-    cfg = Aimv2VisionConfig(
-        hidden_size=enc.width,
-        intermediate_size=block.mlp.hidden,
-        num_hidden_layers=enc.depth,
-        num_attention_heads=block.attn.heads,
-        num_channels=enc.in_channels,
-        image_size=enc.image_size[0] if enc.image_size else 224,
-        patch_size=enc.patch_size,
-        rms_norm_eps=block.norm.eps,
-        qkv_bias=block.attn.qkv_bias,
-        mlp_bias=block.mlp.bias,
-        use_head=False,
-        is_native=enc.pos_embed.type == "sincos",
-    )
-    cfg._attn_implementation = "sdpa"
-    model = Aimv2VisionModel(cfg)
-    renames = {
-        "preprocessor.patchifier.proj": "embeddings.patch_embed",
-        "preprocessor.patchifier.norm": "embeddings.rms_norm",
-        "trunk.post_trunk_norm": "rms_norm",
-        "attn.proj": "attention.out_proj",
-        "mlp.fc1": "ffn.gate_proj",
-        "mlp.fc3": "ffn.up_proj",
-        "mlp.fc2": "ffn.down_proj",
-        "norm_1": "rms_norm1",
-        "norm_2": "rms_norm2",
-        "trunk.blocks": "encoder.layers",
-    }
-    state = {}
-    for name, value in weights.items():
-        if name == "preprocessor.pos_embed":
-            state["embeddings.position_embedding.weight"] = value[0]
-            continue
-        if ".attn.qkv." in name:  # one fused (3D, D) matrix → q, k, v thirds
-            for part, third in zip("qkv", np.split(value, 3), strict=True):
-                key = name.replace("attn.qkv", f"attention.{part}_proj")
-                state[key.replace("trunk.blocks", "encoder.layers")] = third
-            continue
-        for ours, theirs in renames.items():
-            name = name.replace(ours, theirs)
-        state[name] = value
-    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    missing = [m for m in missing if "position_ids" not in m]
-    if missing or unexpected:
-        raise _Skip(f"transformers' names moved: missing {missing[:3]}, extra {unexpected[:3]}")
-    return model
+        raise _Skip(f"{impl} does not import here: {type(err).__name__}: {err}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = save_pretrained(ours, Path(tmp) / "peer", format=impl)
+        except FormatError as err:
+            raise _Skip(f"this spec is not expressible in {impl}: {err}") from None
+        if impl == "transformers":
+            from transformers.utils import logging as hf_logging
 
-
-_TIMM_NOTES: list[str] = []
-
-
-def _timm_model(enc: S.EncoderSpec, weights: dict[str, np.ndarray]) -> Any:
-    _peer_check(enc, "timm")
-    try:
-        import torch
-
-        from ._peers import import_timm
-
-        timm, stubbed = import_timm()
-    except Exception as err:  # noqa: BLE001 (any import failure means: skip it)
-        raise _Skip(f"timm does not import here: {type(err).__name__}: {err}") from None
+            hf_logging.disable_progress_bar()  # the bench's output is the report
+            model = Aimv2VisionModel.from_pretrained(folder, attn_implementation="sdpa")
+            return model, f"transformers {_version('transformers')} Aimv2VisionModel, sdpa"
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    note = f"timm {_version('timm')} VisionTransformer (AIMv2 config)"
     if stubbed:
-        _TIMM_NOTES.append("imported with stand-in torchvision modules (it never calls them)")
-    block = enc.trunk.block
-    model = timm.create_model(
-        "aimv2_large_patch14_224",
-        pretrained=False,
-        img_size=tuple(enc.image_size),
-        patch_size=enc.patch_size,
-        in_chans=enc.in_channels,
-        embed_dim=enc.width,
-        depth=enc.depth,
-        num_heads=block.attn.heads,
-        mlp_ratio=(block.mlp.hidden + 0.5) / enc.width,  # timm takes int(width · ratio)
-        qkv_bias=block.attn.qkv_bias,
-        proj_bias=block.attn.proj_bias,
-        num_classes=0,
-    )
-    renames = {
-        "preprocessor.patchifier.": "patch_embed.",
-        "preprocessor.pos_embed": "pos_embed",
-        "trunk.post_trunk_norm.": "norm.",
-        "trunk.": "",
-        "norm_1": "norm1",
-        "norm_2": "norm2",
-        "mlp.fc1": "mlp.fc1_g",
-        "mlp.fc3": "mlp.fc1_x",
-    }
-    state = {}
-    for name, value in weights.items():
-        for ours, theirs in renames.items():
-            name = name.replace(ours, theirs)
-        state[name] = torch.from_numpy(np.ascontiguousarray(value))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        raise _Skip(f"timm's AIMv2 layout differs from this spec: {str(err)[:200]}") from None
-    return model
+        note += "; imported with stand-in torchvision modules (it never calls them)"
+    return model, note
 
 
 def _max_diff(ours: Any, peer: Any, impl: str, enc: S.EncoderSpec, seed: int) -> float:

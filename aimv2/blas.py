@@ -337,8 +337,9 @@ def ensure_fast_blas(
         return lib
     if _backend_set(backends) != {"mlx"} or not sys.platform.startswith("linux"):
         return None
-    if preloaded_blas() is not None:
-        return preloaded_blas()
+    mapped = preloaded_blas()
+    if mapped is not None:
+        return mapped
     try:
         env = plan_reexec(backends)
     except ValueError as err:

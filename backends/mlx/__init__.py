@@ -209,19 +209,25 @@ def plan_cpu_batch(batch: int) -> int:
     return k
 
 
-def _split_batch(batch: int) -> list[tuple[int, int, Any]]:
-    """``(lo, hi, stream)`` per part of a CPU batch, or [] to run it whole."""
+def _rows(x: Any, rows: slice | None) -> Any:
+    return x if x is None or rows is None else x[rows]
+
+
+def _per_part(batch: int, fn: Callable[[slice | None], Any]) -> list[Any]:
+    """``fn(rows)`` for each part of a CPU batch, each part on its own CPU stream
+    (:func:`plan_cpu_batch`); ``[fn(None)]`` when the batch runs whole."""
     k = plan_cpu_batch(batch)
     if k <= 1:
-        return []
+        return [fn(None)]
     while len(_STREAMS) < k:
         _STREAMS.append(mx.new_stream(mx.cpu))
-    bounds, lo = [], 0
+    parts, lo = [], 0
     for i in range(k):
         hi = lo + batch // k + (1 if i < batch % k else 0)
-        bounds.append((lo, hi, _STREAMS[i]))
+        with mx.stream(_STREAMS[i]):
+            parts.append(fn(slice(lo, hi)))
         lo = hi
-    return bounds
+    return parts
 
 
 # --------------------------------------------------------------------------- CPU exp
@@ -524,15 +530,11 @@ class Encoder(nn.Module):
             n = (images.shape[-2] // p) * (images.shape[-1] // p)
             m = prefix_len if not check else mx.array(_prefix_values(prefix_len, b, n))
             m = mx.broadcast_to(_as_array(m), (b,))
-        chunks = _split_batch(b)
-        if not chunks:
-            return self._forward(images, m, return_blocks)
-        parts = []
-        for lo, hi, stream in chunks:
-            with mx.stream(stream):
-                parts.append(
-                    self._forward(images[lo:hi], None if m is None else m[lo:hi], return_blocks)
-                )
+        parts = _per_part(
+            b, lambda rows: self._forward(_rows(images, rows), _rows(m, rows), return_blocks)
+        )
+        if len(parts) == 1:
+            return parts[0]
         if not return_blocks:
             return mx.concatenate(parts, axis=0)
         y = mx.concatenate([part[0] for part in parts], axis=0)
@@ -669,17 +671,10 @@ class PretrainModel(nn.Module):
             tokens = _as_array(tokens)
             if check:
                 _check_tokens(tokens, b, spec.decoder)
-        chunks = _split_batch(b)
-        if not chunks:
-            parts = [self._partial(images, tokens, m, n)]
-        else:
-            parts = []
-            for lo, hi, stream in chunks:
-                with mx.stream(stream):
-                    tok = None if tokens is None else tokens[lo:hi]
-                    parts.append(
-                        self._partial(images[lo:hi], tok, None if m is None else m[lo:hi], n)
-                    )
+        parts = _per_part(
+            b,
+            lambda rows: self._partial(_rows(images, rows), _rows(tokens, rows), _rows(m, rows), n),
+        )
         out: dict[str, Any] = {"pixel_pred": None, "text_logits": None}
         for key in ("pixel", "text"):
             if parts[0][f"{key}_sum"] is None:
