@@ -19,26 +19,19 @@ __all__ = ["main", "load_spec"]
 
 
 def load_spec(text: str) -> specs.Spec:
-    """A spec from a preset name, a JSON file path, or inline JSON.
+    """:func:`aimv2.presets.load_spec` for the command line: a bad spec ends the command
+    with a one-line message.
 
     Example:
         >>> load_spec("aimv2-test-tiny").encoder.width
         32
     """
-    if text in presets.names():
-        return presets.get(text)
-    path = Path(text)
-    if path.suffix == ".json" or path.exists():
-        if not path.exists():
-            raise SystemExit(f"aimv2: spec file {text!r} does not exist")
-        data = json.loads(path.read_text())
-        return specs.from_dict(data.get("spec", data))
-    if text.lstrip().startswith("{"):
-        return specs.from_json(text)
     try:
-        return presets.get(text)
+        return presets.load_spec(text)
     except KeyError as err:
         raise SystemExit(f"aimv2: {err.args[0]}") from None
+    except (FileNotFoundError, specs.SpecError) as err:
+        raise SystemExit(f"aimv2: {err}") from None
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:

@@ -13,11 +13,13 @@ Example:
 from __future__ import annotations
 
 import difflib
+import json
+from pathlib import Path
 
 from . import specs as S
 from .specs import encoder_spec
 
-__all__ = ["get", "names", "register", "SIZES"]
+__all__ = ["get", "names", "register", "load_spec", "SIZES"]
 
 # width, depth, heads (head dim 128 for the released sizes)
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -68,6 +70,41 @@ def get(name: str) -> S.ModelSpec:
         hint = f"; did you mean {close}?" if close else "; see aimv2.presets.names()"
         raise KeyError(f"preset name={name!r} is unknown{hint}")
     return _REGISTRY[name]
+
+
+def load_spec(text: str) -> S.Spec:
+    """A spec from a preset name, a JSON file (a spec, or a run's ``config.json`` /
+    checkpoint ``state.json`` holding one under ``"spec"``), or inline JSON text.
+
+    Raises :class:`KeyError` for an unknown preset name (with close matches),
+    :class:`FileNotFoundError` for a missing file and :class:`~aimv2.specs.SpecError` for
+    JSON that is not a spec.
+
+    Example:
+        >>> load_spec("aimv2-test-tiny").encoder.width
+        32
+        >>> load_spec('{"kind": "norm", "width": 4}').width
+        4
+    """
+    if text in _REGISTRY:
+        return _REGISTRY[text]
+    if text.lstrip().startswith("{"):
+        try:
+            return S.from_json(text)
+        except json.JSONDecodeError as err:
+            raise S.SpecError(f"spec JSON: {err}") from None
+    path = Path(text)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"spec file {text!r} does not exist")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise S.SpecError(f"spec file {text!r}: not JSON ({err})") from None
+        if isinstance(data, dict) and isinstance(data.get("spec"), dict):
+            data = data["spec"]
+        return S.from_dict(data)
+    return get(text)
 
 
 def _paper_model(encoder: S.EncoderSpec, name: str) -> S.ModelSpec:

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -45,21 +46,36 @@ from aimv2.inputs import check_features, check_tokens
 from aimv2.weights import check_weights
 
 __all__ = [
+    "NAME",
     "REGISTRY",
     "build_module",
     "is_module",
     "get_weights",
     "set_weights",
+    "load_weights",
+    "weight_dtypes",
+    "get_weight",
     "cast",
+    "native_dtype",
+    "inference",
+    "default_device",
     "to_numpy",
     "from_numpy",
     "to_model",
     "set_checkpointing",
+    "loss_and_grads",
+    "output_and_grads",
     "cpu_streams",
     "set_cpu_streams",
     "restore_blas_threads",
     "plan_cpu_batch",
+    "Trainer",
+    "init_distributed",
+    "pretrain_loss",
+    "probe_loss",
 ]
+
+NAME = "mlx"
 
 REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -882,3 +898,154 @@ def set_checkpointing(model: nn.Module, enabled: bool = True) -> int:
             module.checkpoint = bool(enabled)
             count += 1
     return count
+
+
+_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def native_dtype(dtype: Any) -> Any:
+    """The MLX dtype for a dtype name (``"bfloat16"``…) or an ``mx.Dtype``; None stays None.
+    ``float64`` is refused: MLX computes it on the CPU only.
+
+    Example:
+        >>> native_dtype("bfloat16")
+        mlx.core.bfloat16
+    """
+    if dtype is None or isinstance(dtype, mx.Dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("mlx.core.")
+    key = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+           "float": "float32"}.get(key, key)  # fmt: skip
+    if key not in _DTYPES:
+        raise TypeError(
+            f"dtype={dtype!r}: expected an mlx.core.Dtype or one of {sorted(_DTYPES)}"
+        )
+    return _DTYPES[key]
+
+
+def inference() -> Any:
+    """A context for inference calls (MLX builds no graph outside its grad transforms).
+
+    Example:
+        >>> with inference():
+        ...     mx.ones((1,)).shape
+        (1,)
+    """
+    return contextlib.nullcontext()
+
+
+def default_device() -> str:
+    """The device MLX computes on by default: ``"gpu"`` or ``"cpu"``.
+
+    Example:
+        >>> default_device() in ("gpu", "cpu")
+        True
+    """
+    return "gpu" if mx.default_device() == mx.gpu else "cpu"
+
+
+def weight_dtypes(module: nn.Module) -> dict[str, str]:
+    """Canonical name → dtype name of every parameter.
+
+    Example:
+        >>> m = build_module(S.NormSpec(width=2)); m.set_dtype(mx.bfloat16)
+        >>> weight_dtypes(m)
+        {'weight': 'bfloat16'}
+    """
+    return {
+        n: _DTYPE_NAMES.get(p.dtype, str(p.dtype)) for n, p in tree_flatten(module.parameters())
+    }
+
+
+def get_weight(module: nn.Module, name: str) -> np.ndarray:
+    """One parameter as a canonical NumPy array (torch layout; bf16/fp16 as float32).
+
+    Example:
+        >>> get_weight(build_module(S.NormSpec(width=2)), "weight").shape
+        (2,)
+    """
+    params = dict(tree_flatten(module.parameters()))
+    if name not in params:
+        raise KeyError(f"name={name!r}: not a parameter of this {type(module).__name__}")
+    arr = to_numpy(params[name])
+    return arr.transpose(0, 3, 1, 2) if arr.ndim == 4 else arr
+
+
+def load_weights(
+    spec: S.Spec,
+    tensors: Any,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+) -> nn.Module:
+    """Build ``spec`` in ``dtype`` and stream canonical ``(name, array)`` pairs into it one
+    at a time (MLX is lazy: the module's own initial values are never computed); every
+    parameter must arrive exactly once. ``device`` must be None (unified memory).
+
+    Example:
+        >>> m = load_weights(S.NormSpec(width=2), [("weight", np.ones(2))], dtype="bfloat16")
+        >>> m.weight.dtype
+        mlx.core.bfloat16
+    """
+    if device is not None:
+        raise ValueError("device: the MLX backend takes no device (its memory is unified)")
+    target = native_dtype(dtype)
+    module = build_module(spec)
+    if target is not None:
+        module.set_dtype(target)
+    current = dict(tree_flatten(module.parameters()))
+    seen: set[str] = set()
+    for name, arr in tensors:
+        if name not in current:
+            raise KeyError(f"load_weights: {name!r} is not a parameter of {spec.kind!r}")
+        if name in seen:
+            raise KeyError(f"load_weights: {name!r} arrived twice")
+        seen.add(name)
+        arr = np.asarray(arr)
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        value = mx.array(arr)
+        if value.ndim == 4:
+            value = value.transpose(0, 2, 3, 1)
+        value = value.astype(current[name].dtype)
+        mx.eval(value)
+        module.update(tree_unflatten([(name, value)]))
+    missing = sorted(set(current) - seen)
+    if missing:
+        raise KeyError(f"load_weights: {len(missing)} parameters never arrived: {missing[:5]}")
+    return module
+
+
+def output_and_grads(
+    module: nn.Module, inputs: Any, cotangent: np.ndarray, **kwargs: Any
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``module(*inputs, **kwargs)`` and the gradient of ``sum(output · cotangent)`` with
+    respect to every parameter (canonical names, torch layouts).
+
+    Example:
+        >>> m = build_module(S.NormSpec(width=2)); set_weights(m, {"weight": np.ones(2)})
+        >>> out, g = output_and_grads(m, [np.array([[3.0, 4.0]], np.float32)], np.ones((1, 2)))
+        >>> [round(float(v), 3) for v in g["weight"]]
+        [0.849, 1.131]
+    """
+    args = [_as_array(x) if isinstance(x, np.ndarray) else x for x in inputs]
+    kw = {k: _as_array(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    cot = mx.array(np.asarray(cotangent, dtype=np.float32))
+    outputs: list[mx.array] = []
+
+    def loss_fn(*xs: Any) -> mx.array:
+        out = module(*xs, **kw)
+        outputs.append(out)
+        return (out.astype(mx.float32) * cot).sum()
+
+    _, grads = nn.value_and_grad(module, loss_fn)(*args)
+    mx.eval(grads, outputs)
+    flat = {}
+    for name, g in tree_flatten(grads):
+        arr = to_numpy(g)
+        flat[name] = arr.transpose(0, 3, 1, 2) if arr.ndim == 4 else arr
+    return to_numpy(outputs[-1]), flat
+
+
+from .train import Trainer, init_distributed, pretrain_loss, probe_loss  # noqa: E402

@@ -39,18 +39,33 @@ from aimv2.inputs import check_features, check_tokens
 from aimv2.weights import check_weights
 
 __all__ = [
+    "NAME",
     "REGISTRY",
     "build_module",
     "is_module",
     "get_weights",
     "set_weights",
+    "load_weights",
+    "weight_dtypes",
+    "get_weight",
     "cast",
+    "native_dtype",
+    "inference",
+    "default_device",
     "to_numpy",
     "from_numpy",
     "to_model",
     "set_checkpointing",
+    "loss_and_grads",
+    "output_and_grads",
     "tune_cpu_allocator",
+    "Trainer",
+    "init_distributed",
+    "pretrain_loss",
+    "probe_loss",
 ]
+
+NAME = "torch"
 
 REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -711,3 +726,144 @@ def tune_cpu_allocator(trim_threshold: int = 1 << 30, mmap_threshold: int = 32 <
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     ok = mallopt(_M_MMAP_THRESHOLD, int(min(mmap_threshold, 32 << 20)))
     return bool(ok and mallopt(_M_TRIM_THRESHOLD, int(min(trim_threshold, 2**31 - 1))))
+
+
+_DTYPES = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float64": torch.float64,
+}
+_DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+
+
+def native_dtype(dtype: Any) -> Any:
+    """The torch dtype for a dtype name (``"bfloat16"``…) or a ``torch.dtype``; None stays None.
+
+    Example:
+        >>> native_dtype("bfloat16")
+        torch.bfloat16
+    """
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    key = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+           "float": "float32", "double": "float64"}.get(key, key)  # fmt: skip
+    if key not in _DTYPES:
+        raise TypeError(f"dtype={dtype!r}: expected a torch.dtype or one of {sorted(_DTYPES)}")
+    return _DTYPES[key]
+
+
+def inference() -> Any:
+    """A context in which module calls build no autograd graph (``torch.no_grad``).
+
+    Example:
+        >>> with inference():
+        ...     torch.ones(1, requires_grad=True).mul(2).requires_grad
+        False
+    """
+    return torch.no_grad()
+
+
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``.
+
+    Example:
+        >>> default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+        True
+    """
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def weight_dtypes(module: nn.Module) -> dict[str, str]:
+    """Canonical name → dtype name of every parameter.
+
+    Example:
+        >>> weight_dtypes(build_module(S.NormSpec(width=2)).to(torch.bfloat16))
+        {'weight': 'bfloat16'}
+    """
+    return {n: _DTYPE_NAMES.get(p.dtype, str(p.dtype)) for n, p in module.named_parameters()}
+
+
+def get_weight(module: nn.Module, name: str) -> np.ndarray:
+    """One parameter as a canonical NumPy array (bf16/fp16 as float32).
+
+    Example:
+        >>> get_weight(build_module(S.NormSpec(width=2)), "weight").shape
+        (2,)
+    """
+    params = dict(module.named_parameters())
+    if name not in params:
+        raise KeyError(f"name={name!r}: not a parameter of this {type(module).__name__}")
+    return to_numpy(params[name])
+
+
+def load_weights(
+    spec: S.Spec,
+    tensors: Any,
+    *,
+    dtype: Any = None,
+    device: Any = None,
+) -> nn.Module:
+    """Build ``spec`` directly in ``dtype`` on ``device`` (no random init, no float32 copy)
+    and copy canonical ``(name, array)`` pairs into it one at a time; every parameter must
+    arrive exactly once.
+
+    Example:
+        >>> m = load_weights(S.NormSpec(width=2), [("weight", np.ones(2))], dtype="bfloat16")
+        >>> m.weight.dtype
+        torch.bfloat16
+    """
+    target = native_dtype(dtype)
+    if isinstance(spec, S.ModelSpec) and spec.decoder is None:
+        spec = spec.encoder
+    if spec.kind not in REGISTRY:
+        raise TypeError(f"spec: the torch backend has no realization for kind {spec.kind!r}")
+    with torch.device("meta"):
+        module = REGISTRY[spec.kind](spec)
+    if target is not None:
+        module = module.to(dtype=target)
+    module = module.to_empty(device=device if device is not None else "cpu")
+    params = dict(module.named_parameters())
+    seen: set[str] = set()
+    with torch.no_grad():
+        for name, arr in tensors:
+            if name not in params:
+                raise KeyError(f"load_weights: {name!r} is not a parameter of {spec.kind!r}")
+            if name in seen:
+                raise KeyError(f"load_weights: {name!r} arrived twice")
+            seen.add(name)
+            params[name].copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+    missing = sorted(set(params) - seen)
+    if missing:
+        raise KeyError(f"load_weights: {len(missing)} parameters never arrived: {missing[:5]}")
+    return module
+
+
+def output_and_grads(
+    module: nn.Module, inputs: Any, cotangent: np.ndarray, **kwargs: Any
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """``module(*inputs, **kwargs)`` and the gradient of ``sum(output · cotangent)`` with
+    respect to every parameter (canonical names; zeros for unused ones).
+
+    Example:
+        >>> m = build_module(S.NormSpec(width=2)); set_weights(m, {"weight": np.ones(2)})
+        >>> out, g = output_and_grads(m, [np.array([[3.0, 4.0]], np.float32)], np.ones((1, 2)))
+        >>> [round(float(v), 3) for v in g["weight"]]
+        [0.849, 1.131]
+    """
+    module.zero_grad(set_to_none=True)
+    args = [from_numpy(x) if isinstance(x, np.ndarray) else x for x in inputs]
+    kw = {k: from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in kwargs.items()}
+    out = module(*args, **kw)
+    cot = torch.from_numpy(np.ascontiguousarray(cotangent, dtype=np.float32)).to(out.device)
+    (out.float() * cot).sum().backward()
+    grads = {
+        name: to_numpy(p.grad) if p.grad is not None else np.zeros(tuple(p.shape), np.float32)
+        for name, p in module.named_parameters()
+    }
+    module.zero_grad(set_to_none=True)
+    return to_numpy(out), grads
+
+
+from .train import Trainer, init_distributed, pretrain_loss, probe_loss  # noqa: E402

@@ -1,0 +1,249 @@
+"""The backend contract, as code: what a backend package offers the shared drivers.
+
+A backend (``aimv2.backends.torch``, ``aimv2.backends.mlx``) is a package whose top level
+satisfies :class:`Backend`; its ``Trainer`` class satisfies :class:`Trainer` and the
+object its ``init_distributed`` returns satisfies :class:`Communicator`. Shared drivers
+(training, probes, formats, bench, quickstart) use these verbs and nothing else: they
+import no framework and never branch on a backend's name. ``tests/test_contract.py``
+checks that both backends export exactly these names (their ``__all__``) with the
+signatures and defaults written here.
+
+Arrays cross the contract as NumPy in canonical names and torch layouts (Linear
+(out, in), conv (out, in, kH, kW)); native arrays (``torch.Tensor``, ``mx.array``) only
+go into and come out of a backend's own modules. Dtypes are named by string
+(``"float32"``, ``"bfloat16"``, ``"float16"``, ``"float64"``) or given natively.
+
+Example:
+    >>> from aimv2 import contract
+    >>> "load_weights" in contract.BACKEND_NAMES
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .optim import OptimConfig
+from .specs import Spec
+
+__all__ = [
+    "Backend",
+    "Trainer",
+    "Communicator",
+    "LossFn",
+    "DTYPE_NAMES",
+    "BACKEND_NAMES",
+    "TRAINER_NAMES",
+    "COMMUNICATOR_NAMES",
+    "members",
+]
+
+# Dtype names every backend understands (MLX has no float64 on most devices; it refuses it
+# by name).
+DTYPE_NAMES = ("float32", "bfloat16", "float16", "float64")
+
+# loss_fn(model, batch of native arrays) -> {"loss": scalar, other reported scalars...}
+LossFn = Callable[[Any, Mapping[str, Any]], Mapping[str, Any]]
+
+
+@runtime_checkable
+class Communicator(Protocol):
+    """This process's membership of a multi-process group (``torchrun``, ``mlx.launch``).
+
+    Host-side collectives carry small integer vectors (loss counts, agreement checks);
+    the gradient collectives stay inside each backend's Trainer.
+    """
+
+    rank: int
+    size: int
+    backend: str
+
+    def sum_ints(self, arr: np.ndarray) -> np.ndarray:
+        """Element-wise sum of an integer vector over the ranks."""
+        ...
+
+    def max_ints(self, arr: np.ndarray) -> np.ndarray:
+        """Element-wise maximum of an integer vector over the ranks."""
+        ...
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        ...
+
+    def close(self) -> None:
+        """Leave the group (where the framework allows)."""
+        ...
+
+    def record_failure(self, err: BaseException) -> None:
+        """Report ``err`` to the launcher's failure summary (where it has one)."""
+        ...
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    """Owns the optimizer state of one model and applies one update per :meth:`step`.
+
+    Constructed as ``Trainer(model, cfg, *, compile="auto", autocast=None, loss_fn=None,
+    world=None, shard="none")`` on every backend: ``compile="auto"`` compiles where that
+    is cheap (``mx.compile``; not ``torch.compile``, whose warm-up costs tens of seconds),
+    ``autocast="bf16"`` runs matmuls in bfloat16 where the device supports it, ``world``
+    is an :class:`aimv2.distributed.World` for data parallelism and ``shard`` picks the
+    torch sharding (``"none"``: DDP, ``"full"``: FSDP2; MLX holds whole replicas).
+    """
+
+    model: Any
+    cfg: OptimConfig
+    step_count: int
+    names: list[str]
+
+    def step(
+        self,
+        micro_batches: Sequence[Mapping[str, Any]],
+        lr: float,
+        weights: Sequence[Mapping[str, float]] | None = None,
+    ) -> dict[str, float]:
+        """Forward/backward every micro-batch, clip, update; the mean losses and grad norm."""
+        ...
+
+    def weight_arrays(self, *, root_only: bool = False) -> dict[str, np.ndarray]:
+        """The model's weights as canonical NumPy arrays (gathered when sharded)."""
+        ...
+
+    def state_arrays(self, *, root_only: bool = False) -> dict[str, np.ndarray]:
+        """Optimizer moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` arrays."""
+        ...
+
+    def load_state_arrays(self, arrays: Mapping[str, np.ndarray], step_count: int) -> None:
+        """Restore moments written by :meth:`state_arrays` on any backend."""
+        ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The top level of a backend package."""
+
+    NAME: str
+    REGISTRY: Mapping[str, Any]
+    Trainer: type
+
+    def realizes(self, spec_class: type[Spec]) -> Callable[[type], type]:
+        """Class decorator registering a module class as the realization of ``spec_class``."""
+        ...
+
+    def build_module(self, spec: Spec) -> Any:
+        """The native module realizing ``spec`` (weights not yet set)."""
+        ...
+
+    def is_module(self, obj: Any) -> bool:
+        """True for a module this backend built."""
+        ...
+
+    def get_weights(self, module: Any) -> dict[str, np.ndarray]:
+        """Canonical name -> NumPy array (torch layouts) of every parameter."""
+        ...
+
+    def set_weights(self, module: Any, weights: Mapping[str, Any]) -> None:
+        """Load canonical weights after a strict name/shape check."""
+        ...
+
+    def load_weights(
+        self,
+        spec: Spec,
+        tensors: Iterable[tuple[str, np.ndarray]],
+        *,
+        dtype: Any = None,
+        device: Any = None,
+    ) -> Any:
+        """Build ``spec`` in ``dtype`` on ``device`` and stream canonical tensors into it,
+        one at a time (no second copy of a large model); every parameter must arrive."""
+        ...
+
+    def weight_dtypes(self, module: Any) -> dict[str, str]:
+        """Canonical name -> dtype name (``"float32"``, ``"bfloat16"``…) of each parameter."""
+        ...
+
+    def get_weight(self, module: Any, name: str) -> np.ndarray:
+        """One parameter as a canonical NumPy array (bf16/fp16 widened to float32)."""
+        ...
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        """A native array as NumPy (bf16/fp16 as float32)."""
+        ...
+
+    def from_numpy(self, x: np.ndarray, like: Any = None) -> Any:
+        """A NumPy array as a native array (floats cast to ``like``'s dtype if given)."""
+        ...
+
+    def to_model(self, module: Any, x: np.ndarray) -> Any:
+        """``x`` as a native array on ``module``'s device, floats in its parameter dtype."""
+        ...
+
+    def cast(self, module: Any, dtype: Any = None, device: Any = None) -> Any:
+        """Move/cast ``module`` (in place) and return it."""
+        ...
+
+    def native_dtype(self, dtype: Any) -> Any:
+        """The framework dtype for a dtype name or a native dtype; None stays None."""
+        ...
+
+    def inference(self) -> AbstractContextManager[Any]:
+        """A context in which calls build no autograd graph."""
+        ...
+
+    def default_device(self) -> str:
+        """The device a run uses when none is named (``"cuda"``/``"gpu"`` if present)."""
+        ...
+
+    def set_checkpointing(self, module: Any, enabled: bool = True) -> int:
+        """Activation checkpointing on (or off) for every block stack; how many switched."""
+        ...
+
+    def loss_and_grads(
+        self, model: Any, images: Any, tokens: Any = None, prefix_len: Any = None
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """One forward and backward of a pre-training model: losses and canonical grads."""
+        ...
+
+    def output_and_grads(
+        self, module: Any, inputs: Sequence[Any], cotangent: np.ndarray, **kwargs: Any
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``module(*inputs, **kwargs)`` and the gradient of ``sum(output * cotangent)``
+        with respect to every parameter (canonical names and layouts)."""
+        ...
+
+    def init_distributed(
+        self, *, timeout_s: float = 600.0, device: str | None = None, local_rank: int = 0
+    ) -> Communicator:
+        """Join the process group the launcher set up for this process."""
+        ...
+
+    def pretrain_loss(self, model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """AIMv2's objective on one batch of native arrays (a :data:`LossFn`)."""
+        ...
+
+    def probe_loss(self, model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """Cross-entropy and accuracy of a probe on ``features`` and ``labels``."""
+        ...
+
+
+def members(protocol: type) -> list[str]:
+    """The names a class satisfying ``protocol`` must offer (attributes and methods).
+
+    Example:
+        >>> members(Communicator)
+        ['backend', 'barrier', 'close', 'max_ints', 'rank', 'record_failure', 'size', 'sum_ints']
+    """
+    names = set(getattr(protocol, "__annotations__", {}))
+    for name, value in vars(protocol).items():
+        if not name.startswith("_") and callable(value):
+            names.add(name)
+    return sorted(names)
+
+
+BACKEND_NAMES = tuple(members(Backend))
+TRAINER_NAMES = tuple(members(Trainer))
+COMMUNICATOR_NAMES = tuple(members(Communicator))
