@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import aimv2
-from aimv2 import data as datasets
 from aimv2.data import (
     CorruptSampleError,
     Loader,
@@ -25,6 +24,7 @@ from aimv2.data import (
     preprocess,
     train_transform,
 )
+from aimv2.data import builtin as datasets
 
 FAST = settings(max_examples=15, deadline=None)
 

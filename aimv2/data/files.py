@@ -1,0 +1,229 @@
+"""Sources over your own files: caption folders, JSONL manifests and class-per-folder
+image folders."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .sample import IMAGE_EXTENSIONS, IndexedSource, Sample, _decode_image, _user_split, log
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _visible_files(root: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+    return sorted(out)
+
+
+def _require_path(path: str | os.PathLike, what: str) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"{what}: no such file or directory {os.fspath(path)!r}")
+    return p
+
+
+class CaptionFolderSource(IndexedSource):
+    """A folder (searched recursively) of images with ``.txt`` captions of the same stem.
+
+    Images without a caption file are skipped and counted (``unpaired``, also in
+    ``skipped``); caption files without an image are counted in ``orphan_captions``. A
+    folder with no image–caption pair at all is an error.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np
+        >>> from PIL import Image
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(d / "a.png")
+        >>> _ = (d / "a.txt").write_text("A black square")
+        >>> CaptionFolderSource(d)[0].caption
+        'A black square'
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train") -> None:
+        root = _require_path(root, "caption folder")
+        if not root.is_dir():
+            raise NotADirectoryError(f"caption folder: {os.fspath(root)!r} is not a directory")
+        _user_split(split, "a caption folder")
+        super().__init__(os.fspath(root))
+        self.root = root
+        files = _visible_files(root)
+        captions = {p.with_suffix(""): p for p in files if p.suffix.lower() == ".txt"}
+        images = [p for p in files if _is_image(p)]
+        self.pairs: list[tuple[Path, Path]] = []
+        unpaired = 0
+        for img in images:
+            txt = captions.pop(img.with_suffix(""), None)
+            if txt is None:
+                unpaired += 1
+            else:
+                self.pairs.append((img, txt))
+        self.unpaired = unpaired
+        self.orphan_captions = len(captions)
+        if not self.pairs:
+            if not images and captions:
+                raise ValueError(
+                    f"caption folder {os.fspath(root)!r}: found {len(captions)} caption files "
+                    f"(.txt) but no images with the same stem ({', '.join(IMAGE_EXTENSIONS)})"
+                )
+            if images:
+                raise ValueError(
+                    f"caption folder {os.fspath(root)!r}: found {len(images)} images but no "
+                    "caption files (.txt with the same stem); for one subfolder per class use "
+                    f"'imagefolder:{os.fspath(root)}'"
+                )
+            raise ValueError(
+                f"caption folder {os.fspath(root)!r}: no images found "
+                f"(looked for {', '.join(IMAGE_EXTENSIONS)} with .txt captions)"
+            )
+        if unpaired:
+            self._skip("<scan>", f"{unpaired} images without a .txt caption", n=unpaired)
+        if self.orphan_captions:
+            log.warning(
+                "%s: %d caption files without an image ignored", self.name, self.orphan_captions
+            )
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def key(self, index: int) -> str:
+        """The image path relative to the folder, without its extension."""
+        return self.pairs[index][0].relative_to(self.root).with_suffix("").as_posix()
+
+    def _load(self, index: int) -> Sample:
+        img, txt = self.pairs[index]
+        caption = txt.read_text(encoding="utf-8").strip()
+        return Sample(_decode_image(img), caption, None, self.key(index))
+
+
+class ManifestSource(IndexedSource):
+    """A JSONL manifest: one ``{"image": path, "caption": text, "label": int?}`` per line.
+
+    Relative image paths are relative to the manifest's folder. Malformed lines are
+    skipped and counted at open; missing or corrupt images when read.
+
+    Example:
+        >>> import tempfile, pathlib, json, numpy as np
+        >>> from PIL import Image
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(d / "a.png")
+        >>> _ = (d / "m.jsonl").write_text(json.dumps({"image": "a.png", "caption": "x"}))
+        >>> ManifestSource(d / "m.jsonl")[0].caption
+        'x'
+    """
+
+    def __init__(self, path: str | os.PathLike, split: str = "train") -> None:
+        path = _require_path(path, "manifest")
+        if not path.is_file():
+            raise IsADirectoryError(f"manifest: {os.fspath(path)!r} is not a file")
+        _user_split(split, "a manifest")
+        super().__init__(os.fspath(path))
+        self.path = path
+        self.entries: list[tuple[Path, str, int | None, str]] = []
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                key = f"{path.name}:{lineno}"
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError as err:
+                    self._skip(key, f"invalid JSON: {err}")
+                    continue
+                problem = _manifest_problem(rec)
+                if problem:
+                    self._skip(key, problem)
+                    continue
+                image = Path(rec["image"]).expanduser()
+                if not image.is_absolute():
+                    image = path.parent / image
+                self.entries.append((image, rec["caption"], rec.get("label"), key))
+        if not self.entries:
+            raise ValueError(
+                f"manifest {os.fspath(path)!r}: no usable lines; expected JSON objects like "
+                '{"image": "a.jpg", "caption": "a cat", "label": 3}'
+            )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def key(self, index: int) -> str:
+        """``MANIFEST_NAME:LINE``."""
+        return self.entries[index][3]
+
+    def _load(self, index: int) -> Sample:
+        image, caption, label, key = self.entries[index]
+        return Sample(_decode_image(image), caption, label, key)
+
+
+def _manifest_problem(rec: Any) -> str:
+    if not isinstance(rec, dict):
+        return "expected a JSON object"
+    if not isinstance(rec.get("image"), str) or not rec["image"]:
+        return "expected a non-empty string 'image'"
+    if not isinstance(rec.get("caption"), str):
+        return "expected a string 'caption'"
+    label = rec.get("label")
+    if label is not None and (not isinstance(label, int) or isinstance(label, bool) or label < 0):
+        return f"expected 'label' to be a non-negative integer, got {label!r}"
+    return ""
+
+
+class ImageFolderSource(IndexedSource):
+    """``imagefolder:PATH``: one subfolder per class; label = sorted class index,
+    caption = the class (folder) name.
+
+    Example:
+        >>> import tempfile, pathlib, numpy as np
+        >>> from PIL import Image
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> for c in ("cat", "dog"):
+        ...     (d / c).mkdir()
+        ...     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(d / c / "0.png")
+        >>> src = ImageFolderSource(d)
+        >>> src.classes, src[1].label, src[1].caption
+        (('cat', 'dog'), 1, 'dog')
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str = "train") -> None:
+        root = _require_path(root, "imagefolder")
+        if not root.is_dir():
+            raise NotADirectoryError(f"imagefolder: {os.fspath(root)!r} is not a directory")
+        _user_split(split, "an image folder")
+        super().__init__(f"imagefolder:{os.fspath(root)}")
+        self.root = root
+        dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not dirs:
+            raise ValueError(
+                f"imagefolder {os.fspath(root)!r}: no class subfolders (expected ROOT/CLASS/img)"
+            )
+        self.classes = tuple(d.name for d in dirs)
+        self.items: list[tuple[Path, int]] = []
+        for label, d in enumerate(dirs):
+            imgs = [p for p in _visible_files(d) if _is_image(p)]
+            if not imgs:
+                log.warning("%s: class folder %r holds no images", self.name, d.name)
+            self.items.extend((p, label) for p in imgs)
+        if not self.items:
+            raise ValueError(
+                f"imagefolder {os.fspath(root)!r}: no images in any class subfolder "
+                f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
+            )
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def key(self, index: int) -> str:
+        """The image path relative to the root, without its extension."""
+        return self.items[index][0].relative_to(self.root).with_suffix("").as_posix()
+
+    def _load(self, index: int) -> Sample:
+        path, label = self.items[index]
+        return Sample(_decode_image(path), self.classes[label], label, self.key(index))

@@ -1,0 +1,231 @@
+"""Samples and the source base classes: :class:`Sample`, :class:`CorruptSampleError`,
+:class:`Source` / :class:`IndexedSource` / :class:`StreamSource`, the per-source skip
+log and image decoding."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+log = logging.getLogger("aimv2.data")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class CorruptSampleError(ValueError):
+    """A sample exists but cannot be read (bad image bytes, unreadable caption, …).
+
+    Example:
+        >>> import tempfile, pathlib, json
+        >>> from aimv2.data import open_source
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / "a.png").write_bytes(b"not a png")
+        >>> _ = (d / "m.jsonl").write_text(json.dumps({"image": "a.png", "caption": "x"}))
+        >>> src = open_source(d / "m.jsonl")
+        >>> try:
+        ...     src[0]
+        ... except CorruptSampleError as err:
+        ...     print(isinstance(err, ValueError), "unreadable" in str(err))
+        True True
+    """
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """One image–caption pair.
+
+    ``image`` is (H, W, 3) uint8 RGB; ``label`` is a class index or None; ``key`` is
+    unique within its source.
+
+    Example:
+        >>> import numpy as np
+        >>> s = Sample(np.zeros((4, 4, 3), np.uint8), "a black square", None, "k0")
+        >>> s.image.shape
+        (4, 4, 3)
+    """
+
+    image: np.ndarray
+    caption: str
+    label: int | None
+    key: str
+
+    def __post_init__(self) -> None:
+        img = self.image
+        if not (
+            isinstance(img, np.ndarray)
+            and img.dtype == np.uint8
+            and img.ndim == 3
+            and img.shape[2] == 3
+            and img.shape[0] > 0
+            and img.shape[1] > 0
+        ):
+            desc = f"{img.dtype} {img.shape}" if isinstance(img, np.ndarray) else type(img)
+            raise ValueError(f"Sample.image: expected an (H, W, 3) uint8 array, got {desc}")
+        if not isinstance(self.caption, str):
+            raise TypeError(f"Sample.caption: expected str, got {type(self.caption).__name__}")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _decode_image(data: bytes | str | os.PathLike) -> np.ndarray:
+    """Decode an image file (bytes or path) to (H, W, 3) uint8 RGB, honouring EXIF rotation."""
+    src = io.BytesIO(data) if isinstance(data, bytes) else data
+    with Image.open(src) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        rgb = im.convert("RGB")
+    arr = np.asarray(rgb, dtype=np.uint8)
+    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise CorruptSampleError(f"decoded image has shape {arr.shape}")
+    return arr
+
+
+class _SkipLog:
+    """Thread-safe skip counter that logs one warning per distinct key."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.count = 0
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def add(self, key: str, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.count += n
+            first = key not in self._warned
+            self._warned.add(key)
+        if first:
+            log.warning("%s: skipped %s: %s", self.owner, key, reason)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class Source:
+    """Base of every source: a name, a ``skipped`` counter and iteration over samples.
+
+    Example:
+        >>> from aimv2.data import open_source
+        >>> src = open_source("builtin:digits", split="heldout")
+        >>> isinstance(src, Source), src.skipped
+        (True, 0)
+    """
+
+    indexable: bool = False
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._skips = _SkipLog(name)
+
+    @property
+    def skipped(self) -> int:
+        """How many samples were skipped (unreadable or incomplete) so far."""
+        return self._skips.count
+
+    def _skip(self, key: str, reason: str, n: int = 1) -> None:
+        self._skips.add(key, reason, n)
+
+    def __iter__(self) -> Iterator[Sample]:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class IndexedSource(Source):
+    """A source with random access: ``len(src)``, ``src[i]`` and ``src.get(i)``.
+
+    ``src[i]`` raises :class:`CorruptSampleError` for an unreadable sample;
+    ``src.get(i)`` returns None instead and counts it in ``skipped``; iteration skips it.
+
+    Example:
+        >>> from aimv2.data import open_source
+        >>> src = open_source("builtin:shapes?length=4")
+        >>> [s.key for s in src]
+        ['shapes/0/0', 'shapes/0/1', 'shapes/0/2', 'shapes/0/3']
+    """
+
+    indexable = True
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _load(self, index: int) -> Sample:
+        raise NotImplementedError
+
+    def key(self, index: int) -> str:
+        """The unique key of sample ``index`` (no decoding)."""
+        raise NotImplementedError
+
+    def _check_index(self, index: int) -> int:
+        n = len(self)
+        if not isinstance(index, (int, np.integer)) or isinstance(index, bool):
+            raise TypeError(f"index: expected an int, got {type(index).__name__}")
+        index = int(index)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(f"index: {index} out of range for {self.name} of length {n}")
+        return index
+
+    def __getitem__(self, index: int) -> Sample:
+        index = self._check_index(index)
+        try:
+            return self._load(index)
+        except Exception as err:
+            raise CorruptSampleError(
+                f"{self.name}[{index}] ({self.key(index)}): unreadable: {err}"
+            ) from err
+
+    def get(self, index: int) -> Sample | None:
+        """Sample ``index``, or None (counted and logged) when it cannot be read.
+
+        Example:
+            >>> from aimv2.data import open_source
+            >>> open_source("builtin:digits").get(0).label
+            0
+        """
+        index = self._check_index(index)
+        try:
+            return self._load(index)
+        except Exception as err:
+            self._skip(self.key(index), f"{type(err).__name__}: {err}")
+            return None
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            sample = self.get(i)
+            if sample is not None:
+                yield sample
+
+
+class StreamSource(Source):
+    """A source read front to back only (e.g. tar shards); see :class:`TarShardSource`.
+
+    Example:
+        >>> from aimv2.data import TarShardSource
+        >>> issubclass(TarShardSource, StreamSource)
+        True
+    """
+
+
+def _check_split(split: str, allowed: tuple[str, ...], name: str) -> None:
+    if split not in allowed:
+        raise ValueError(f"split={split!r}: expected one of {allowed} for {name}")
+
+
+def _user_split(split: str, name: str) -> None:
+    if split == "heldout":
+        raise ValueError(
+            f"split='heldout': {name} has no built-in held-out part; keep held-out data in "
+            "its own folder/manifest/shards and open it with split='all'"
+        )
+    _check_split(split, ("train", "all"), name)
