@@ -1,30 +1,36 @@
 """aimv2: AIMv2 vision encoders and their pre-training, on PyTorch or MLX.
 
-Architectures are specs (:mod:`aimv2.specs`), realized by a backend
-(:func:`build`) and checked against a float64 NumPy reference
-(:mod:`aimv2.reference`). ``import aimv2`` needs neither torch nor MLX.
+Architectures are specs (:mod:`aimv2.specs`) made of components, realized by a backend
+(:func:`build`) and checked against a float64 NumPy reference (:mod:`aimv2.reference`).
+``import aimv2`` needs neither torch nor MLX: every subpackage (``aimv2.reference``,
+``aimv2.testing``, ``aimv2.training``, ``aimv2.formats``…) is an attribute loaded on first
+use, and a framework is imported only when a backend is asked for.
 
 Example:
     >>> import aimv2
     >>> spec = aimv2.encoder_spec(width=64, depth=2, heads=2, patch_size=4, image_size=16)
     >>> spec.num_patches, spec.trunk.block.mlp.hidden
     (16, 256)
+    >>> aimv2.reference.forward.__name__  # loaded on first use
+    'forward'
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from . import masks, patches, presets, specs, weights
 from .backend import (
     BACKENDS,
     BackendUnavailable,
     available_backends,
+    backend_of,
     build,
     get_weights,
     load_backend,
     set_weights,
 )
-from .data import preprocess
-from .formats import FORMATS, FormatError, convert, detect, from_pretrained, save_pretrained
 from .specs import (
     AttentionPoolSpec,
     AttentionSpec,
@@ -37,13 +43,50 @@ from .specs import (
     PatchEmbedSpec,
     PosEmbedSpec,
     PreprocessSpec,
+    RealizationError,
+    Spec,
     SpecError,
     TrunkSpec,
+    decoder_spec,
     encoder_spec,
 )
-from .weights import WeightsError, check_weights, init_weights
+from .weights import ParamInfo, WeightsError, check_weights, init_weights
 
 __version__ = "0.1.0"
+
+# Subpackages and modules reachable as attributes, imported on first access.
+SUBMODULES = (
+    "atomic",
+    "backends",
+    "bench",
+    "blas",
+    "checkpoint",
+    "cli",
+    "contract",
+    "data",
+    "distributed",
+    "formats",
+    "inputs",
+    "optim",
+    "plot",
+    "probe",
+    "quickstart",
+    "reference",
+    "registry",
+    "testing",
+    "text",
+    "training",
+)
+# Public names of lazily imported modules: name -> module.
+_LAZY = {
+    "FORMATS": "formats",
+    "FormatError": "formats",
+    "convert": "formats",
+    "detect": "formats",
+    "from_pretrained": "formats",
+    "save_pretrained": "formats",
+    "preprocess": "data",
+}
 
 __all__ = [
     "AttentionPoolSpec",
@@ -58,20 +101,18 @@ __all__ = [
     "PosEmbedSpec",
     "PreprocessSpec",
     "TrunkSpec",
+    "Spec",
+    "ParamInfo",
     "BACKENDS",
-    "FORMATS",
     "BackendUnavailable",
-    "FormatError",
-    "convert",
-    "detect",
-    "from_pretrained",
-    "save_pretrained",
-    "preprocess",
+    "RealizationError",
     "SpecError",
     "WeightsError",
     "available_backends",
+    "backend_of",
     "build",
     "check_weights",
+    "decoder_spec",
     "encoder_spec",
     "get_weights",
     "init_weights",
@@ -82,4 +123,18 @@ __all__ = [
     "set_weights",
     "specs",
     "weights",
+    *_LAZY,
+    *SUBMODULES,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'aimv2' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,15 +1,10 @@
-"""The one small interface between shared code and a backend.
+"""Choosing and calling a backend: the small dispatch layer above the backend contract.
 
-A backend package (``aimv2.backends.torch``, ``aimv2.backends.mlx``) exports:
-``REGISTRY`` (spec kind → module class), ``build_module(spec)``, ``is_module(obj)``,
-``get_weights(module)`` (canonical names, torch layouts, NumPy), ``set_weights(module,
-weights)``, ``to_numpy(array)``, ``from_numpy(array, like=None)``, ``to_model(module, array)``,
-``cast(module, dtype, device)``, ``loss_and_grads(model, ...)`` and a ``train`` submodule with
-``init_distributed(timeout_s=, device=, local_rank=)``, ``pretrain_loss``, ``probe_loss`` and a
-``Trainer`` (``step(micro_batches, lr, weights=None)``, ``state_arrays``/``weight_arrays``
-(``root_only=``), ``load_state_arrays``; ``world=`` for data parallelism, torch also
-``shard=`` for FSDP2) — see :mod:`aimv2.training`. Shared drivers
-call these and nothing else. Backends are imported only when asked for.
+A backend package (``aimv2.backends.torch``, ``aimv2.backends.mlx``) satisfies
+:class:`aimv2.contract.Backend`; this module imports one only when it is asked for
+(:func:`load_backend`), builds models from specs (:func:`build`) and finds the backend
+of a model (:func:`backend_of`). Shared drivers call the contract's verbs on the package
+these return and nothing else.
 
 Example:
     >>> import aimv2

@@ -61,6 +61,7 @@ class Communicator(Protocol):
     rank: int
     size: int
     backend: str
+    enforces_timeout: bool  # False: the caller guards collectives with a watchdog
 
     def sum_ints(self, arr: np.ndarray) -> np.ndarray:
         """Element-wise sum of an integer vector over the ranks."""
@@ -216,9 +217,15 @@ class Backend(Protocol):
         ...
 
     def init_distributed(
-        self, *, timeout_s: float = 600.0, device: str | None = None, local_rank: int = 0
+        self,
+        *,
+        timeout_s: float = 600.0,
+        device: str | None = None,
+        local_rank: int = 0,
+        environ: Mapping[str, str] | None = None,
     ) -> Communicator:
-        """Join the process group the launcher set up for this process."""
+        """Join the process group the launcher set up for this process (``environ``:
+        the launcher's variables, default ``os.environ``)."""
         ...
 
     def pretrain_loss(self, model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -234,8 +241,8 @@ def members(protocol: type) -> list[str]:
     """The names a class satisfying ``protocol`` must offer (attributes and methods).
 
     Example:
-        >>> members(Communicator)
-        ['backend', 'barrier', 'close', 'max_ints', 'rank', 'record_failure', 'size', 'sum_ints']
+        >>> members(Communicator)[:4]
+        ['backend', 'barrier', 'close', 'enforces_timeout']
     """
     names = set(getattr(protocol, "__annotations__", {}))
     for name, value in vars(protocol).items():

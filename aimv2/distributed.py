@@ -41,12 +41,12 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from importlib import import_module
 from typing import Any
 
 import numpy as np
 
 from . import specs as S
+from .backend import BACKENDS, load_backend
 
 __all__ = [
     "DistributedError",
@@ -75,6 +75,11 @@ class DistributedError(RuntimeError):
     stopped or stopped answering)."""
 
 
+# which framework's runtime each launcher starts, and how to launch a backend
+_FRAMEWORK_OF = {"torchrun": "torch", "mlx.launch": "mlx", "mpirun": "mlx"}
+_LAUNCH_HINT = {"torch": "torchrun --nproc-per-node K", "mlx": "mlx.launch -n K"}
+
+
 @dataclass(frozen=True)
 class Launch:
     """What the launcher told this process through its environment.
@@ -95,7 +100,7 @@ class Launch:
     @property
     def framework(self) -> str:
         """``torch`` for torchrun, ``mlx`` for mlx.launch / mpirun."""
-        return "torch" if self.launcher == "torchrun" else "mlx"
+        return _FRAMEWORK_OF[self.launcher]
 
 
 def _env_int(env: Mapping[str, str], name: str) -> int:
@@ -222,8 +227,9 @@ class World:
             raise ValueError("a World of more than one rank needs a communicator")
         self.rank, self.size, self.backend = rank, size, backend
         self.comm, self.launch, self.timeout_s = comm, launch, timeout_s
-        # torch's process group enforces the timeout itself (gloo, NCCL's watchdog).
-        guarded = size > 1 and backend != "torch"
+        # a communicator whose collectives enforce the timeout themselves (torch's gloo and
+        # NCCL) needs no watchdog; MLX's do not
+        guarded = size > 1 and not getattr(comm, "enforces_timeout", False)
         self.watchdog = Watchdog(timeout_s, self.tag) if guarded else None
 
     @property
@@ -324,33 +330,31 @@ def init_world(
         >>> init_world("torch", environ={}).size
         1
     """
-    if backend not in ("torch", "mlx"):
-        raise DistributedError(f"backend={backend!r}: expected 'torch' or 'mlx'")
+    if backend not in BACKENDS:
+        raise DistributedError(f"backend={backend!r}: expected one of {BACKENDS}")
     if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
         raise DistributedError(f"--dist-timeout {timeout_s!r}: expected a positive number")
     launch = detect_launch(environ)
     if launch is None or launch.world_size == 1:
         return World(backend=backend, launch=launch, timeout_s=timeout_s)
     if launch.framework != backend:
-        right = "torchrun --nproc-per-node K" if backend == "torch" else "mlx.launch -n K"
+        right = _LAUNCH_HINT[backend]
         raise DistributedError(
             f"launched by {launch.launcher} but --backend {backend}: {launch.launcher} starts "
             f"{launch.framework}'s runtime; launch --backend {backend} with {right}"
         )
-    train = import_module(f"aimv2.backends.{backend}.train")
-    joining = contextlib.nullcontext()  # torch: init_process_group(timeout=) covers it
-    if backend != "torch":
-        joining = Watchdog(timeout_s, f"[rank {launch.rank}]").guard(
-            f"joining the {launch.launcher} process group"
+    be = load_backend(backend)
+    joining = Watchdog(timeout_s, f"[rank {launch.rank}]")
+    with joining.guard(f"joining the {launch.launcher} process group"):
+        comm = be.init_distributed(
+            timeout_s=timeout_s, device=device, local_rank=launch.local_rank, environ=environ
         )
-    with joining:
-        comm = train.init_distributed(timeout_s=timeout_s, device=device,
-                                      local_rank=launch.local_rank)  # fmt: skip
     if comm.size == 1:
         comm.close()
         return World(backend=backend, launch=launch, timeout_s=timeout_s)
-    return World(comm.rank, comm.size, backend=backend, comm=comm, launch=launch,
-                 timeout_s=timeout_s)  # fmt: skip
+    return World(
+        comm.rank, comm.size, backend=backend, comm=comm, launch=launch, timeout_s=timeout_s
+    )
 
 
 @dataclass(frozen=True)

@@ -22,12 +22,34 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from . import specs as S
 from .weights import parameters
 
-__all__ = ["OptimConfig", "lr_at", "decay_mask", "paper_peak_lr"]
+__all__ = [
+    "OptimConfig",
+    "lr_at",
+    "decay_mask",
+    "paper_peak_lr",
+    "NonFiniteLoss",
+    "TERMS",
+    "objective_weights",
+    "check_update_weights",
+    "check_finite",
+    "moment_names",
+    "check_moments",
+    "resolve_compile",
+]
+
+# The loss terms a weighted (distributed) update combines, in the order trainers stack them.
+TERMS = ("text_loss", "pixel_loss")
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss or the gradient norm is NaN/inf; no update was applied."""
 
 
 @dataclass(frozen=True)
@@ -132,3 +154,102 @@ def paper_peak_lr(spec: S.ModelSpec) -> float:
     if width >= 1536:
         return 8e-4
     return 1e-3
+
+
+def objective_weights(spec: Any) -> dict[str, float]:
+    """Each pre-training loss term's weight in the total loss (0 for a model without that
+    head, and for specs that are not pre-training models, e.g. probes).
+
+    Example:
+        >>> import aimv2
+        >>> objective_weights(aimv2.presets.get("aimv2-test-tiny"))
+        {'text_loss': 1.0, 'pixel_loss': 0.4}
+    """
+    return {
+        "text_loss": spec.text.weight if getattr(spec, "has_text_head", False) else 0.0,
+        "pixel_loss": spec.pixel.weight if getattr(spec, "has_pixel_head", False) else 0.0,
+    }
+
+
+def check_update_weights(
+    weights: Sequence[Mapping[str, float]] | None, micro_batches: int, pretraining: bool
+) -> None:
+    """Validate the per-micro-batch term weights of a weighted (distributed) update.
+
+    Example:
+        >>> check_update_weights([{"pixel_loss": 1.0, "text_loss": 1.0}], 2, True)
+        Traceback (most recent call last):
+        ...
+        ValueError: weights: expected 2 entries (one per micro-batch), got 1
+    """
+    if weights is None:
+        return
+    if not pretraining:
+        raise ValueError("weights: only the pre-training loss has weighted terms")
+    if len(weights) != micro_batches:
+        raise ValueError(
+            f"weights: expected {micro_batches} entries (one per micro-batch), got {len(weights)}"
+        )
+
+
+def check_finite(values: Mapping[str, float], update: int) -> None:
+    """Raise :class:`NonFiniteLoss` naming the update when any reported value is NaN/inf.
+
+    Example:
+        >>> check_finite({"loss": float("nan"), "grad_norm": 1.0}, 7)
+        Traceback (most recent call last):
+        ...
+        aimv2.optim.NonFiniteLoss: non-finite training values at update 7: {'loss': nan, 'grad_norm': 1.0}
+    """
+    if not all(math.isfinite(v) for v in values.values()):
+        raise NonFiniteLoss(f"non-finite training values at update {update}: {dict(values)}")
+
+
+def moment_names(names: Sequence[str]) -> list[str]:
+    """The optimizer-state keys of parameters ``names``: ``exp_avg.<n>``, ``exp_avg_sq.<n>``
+    per parameter, in that order.
+
+    Example:
+        >>> moment_names(["w"])
+        ['exp_avg.w', 'exp_avg_sq.w']
+    """
+    return [f"{k}.{n}" for n in names for k in ("exp_avg", "exp_avg_sq")]
+
+
+def check_moments(arrays: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Check saved optimizer moments against the parameters' canonical ``shapes``.
+
+    Example:
+        >>> import numpy as np
+        >>> check_moments({"exp_avg.w": np.zeros(2), "exp_avg_sq.w": np.zeros(3)}, {"w": (2,)})
+        Traceback (most recent call last):
+        ...
+        ValueError: optimizer state exp_avg_sq.w: expected shape (2,), got (3,)
+    """
+    want = set(moment_names(list(shapes)))
+    if set(arrays) != want:
+        missing, extra = sorted(want - set(arrays)), sorted(set(arrays) - want)
+        raise ValueError(
+            f"optimizer state does not match the model: missing {missing[:5]}, "
+            f"unexpected {extra[:5]}"
+        )
+    for name, shape in shapes.items():
+        for key in (f"exp_avg.{name}", f"exp_avg_sq.{name}"):
+            got = tuple(getattr(arrays[key], "shape", ()))
+            if got != tuple(shape):
+                raise ValueError(f"optimizer state {key}: expected shape {tuple(shape)}, got {got}")
+
+
+def resolve_compile(compile: bool | str, cheap: bool) -> bool:
+    """A trainer's ``compile`` argument as a bool: ``"auto"`` compiles where compiling is
+    ``cheap`` (``mx.compile``), not where it costs a long warm-up (``torch.compile``).
+
+    Example:
+        >>> resolve_compile("auto", cheap=True), resolve_compile(False, cheap=True)
+        (True, False)
+    """
+    if compile == "auto":
+        return cheap
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile={compile!r}: expected True, False or 'auto'")
+    return compile

@@ -20,7 +20,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from . import specs as S
-from .backend import build
+from .backend import backend_of, build, get_weights, load_backend
 from .optim import OptimConfig, lr_at
 
 __all__ = [
@@ -88,8 +87,6 @@ def extract_features(
         >>> extract_features(m, np.zeros((3, 3, 8, 8), np.float32), batch_size=2).shape
         (3, 4, 16)
     """
-    from .backend import backend_of
-
     be = backend_of(model)
     images = np.asarray(images)
     if images.ndim != 4:
@@ -100,27 +97,17 @@ def extract_features(
     out = []
     for i in range(0, len(images), batch_size):
         x = be.to_model(model, images[i : i + batch_size])
-        if blocks == 1:
-            feats = be.to_numpy(_no_grad(be, lambda x=x: model(x)))
-        else:
-            _, per_block = _no_grad(be, lambda x=x: model(x, return_blocks=True))
-            feats = np.mean([be.to_numpy(b) for b in per_block[-blocks:]], axis=0)
+        with be.inference():
+            if blocks == 1:
+                feats = be.to_numpy(model(x))
+            else:
+                _, per_block = model(x, return_blocks=True)
+                feats = np.mean([be.to_numpy(b) for b in per_block[-blocks:]], axis=0)
         out.append(feats.astype(np.float32))
     return np.concatenate(out, axis=0)
 
 
-def _no_grad(be: Any, fn: Any) -> Any:
-    if be.__name__.endswith("torch"):
-        import torch
-
-        with torch.no_grad():
-            return fn()
-    return fn()
-
-
 def _cache_key(model: Any, source: Any, split: str, blocks: int) -> str:
-    from .backend import get_weights
-
     h = hashlib.sha256()
     h.update(json.dumps(model.spec.to_dict(), sort_keys=True).encode())
     for name, w in sorted(get_weights(model).items()):
@@ -199,17 +186,12 @@ def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     return [((x - mean) / std).astype(np.float32) for x in (train, *others)]
 
 
-def _train_module(backend: str) -> Any:
-    return importlib.import_module(f"aimv2.backends.{backend}.train")
-
-
 def _predict(model: Any, features: np.ndarray, batch_size: int) -> np.ndarray:
-    from .backend import backend_of
-
     be = backend_of(model)
     out = []
     for i in range(0, len(features), batch_size):
-        logits = _no_grad(be, lambda i=i: model(be.to_model(model, features[i : i + batch_size])))
+        with be.inference():
+            logits = model(be.to_model(model, features[i : i + batch_size]))
         out.append(be.to_numpy(logits).argmax(-1))
     return np.concatenate(out)
 
@@ -259,8 +241,8 @@ def fit_and_score(
         decay_mode="torch",
         clip_norm=cfg.clip_norm,
     )
-    tm = _train_module(backend)
-    trainer = tm.Trainer(model, optim, loss_fn=tm.probe_loss)
+    be = load_backend(backend)
+    trainer = be.Trainer(model, optim, loss_fn=be.probe_loss)
     rng = np.random.default_rng([cfg.seed, 0x9B0E])
     step = 0
     for _ in range(cfg.epochs):

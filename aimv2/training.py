@@ -443,9 +443,6 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
         raise TrainingError(f"--data {cfg.data!r}: {err}") from None
     tokenizer = load_tokenizer(cfg, spec)
     be = load_backend(cfg.backend)
-    from importlib import import_module
-
-    train_mod = import_module(f"aimv2.backends.{cfg.backend}.train")
     model = build(spec, cfg.backend, seed=cfg.seed)
 
     start, ck = 0, None
@@ -463,16 +460,16 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
     elif cfg.init:
         set_weights(model, {**get_weights(model), **_load_init(cfg.init, spec)})
     optim = _optim_config(cfg, spec)
-    kwargs: dict[str, Any] = {"compile": cfg.compile}
-    if cfg.backend == "torch":
-        kwargs["autocast"] = cfg.autocast
-        if world.distributed:
-            kwargs["shard"] = cfg.shard  # the Trainer places (DDP) or shards (FSDP2) it
-        else:
-            model = be.cast(model, device=cfg.device or train_mod.default_device())
-    if world.distributed:
-        kwargs["world"] = world
-    trainer = train_mod.Trainer(model, optim, **kwargs)
+    if not world.distributed:  # else the Trainer places (DDP) or shards (FSDP2) the model
+        model = be.cast(model, device=cfg.device or be.default_device())
+    trainer = be.Trainer(
+        model,
+        optim,
+        compile=cfg.compile,
+        autocast=cfg.autocast,
+        world=world if world.distributed else None,
+        shard=cfg.shard,
+    )
     if ck is not None and ck.optimizer is not None:
         trainer.load_state_arrays(ck.optimizer, ck.state.get("optimizer_step", ck.step))
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)

@@ -180,16 +180,17 @@ def test_init_from_a_checkpoint_starts_from_its_weights(tmp_path):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch
 ):
-    from aimv2.backends.torch import train as torch_train
+    from aimv2.backends.torch import Trainer
+    from aimv2.optim import NonFiniteLoss
 
-    real_step = torch_train.Trainer.step
+    real_step = Trainer.step
 
     def step(self, micro, lr):
         if self.step_count == 6:
-            raise torch_train.NonFiniteLoss("non-finite training values at update 7: nan")
+            raise NonFiniteLoss("non-finite training values at update 7: nan")
         return real_step(self, micro, lr)
 
-    monkeypatch.setattr(torch_train.Trainer, "step", step)
+    monkeypatch.setattr(Trainer, "step", step)
     with pytest.raises(TrainingError, match=r"update 7.*last good checkpoint is .*ckpt-00000005"):
         pretrain(_cfg(tmp_path, steps=10, save_every=5))
     assert checkpoint.load(checkpoint.latest(tmp_path)).step == 5

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -26,26 +25,23 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from aimv2.inputs import check_pretrain_batch
-from aimv2.optim import OptimConfig, decay_mask
+from aimv2.optim import (
+    TERMS,
+    OptimConfig,
+    check_finite,
+    check_moments,
+    check_update_weights,
+    decay_mask,
+    moment_names,
+    objective_weights,
+    resolve_compile,
+)
 
-from . import to_numpy
+from .arrays import to_numpy
+from .layout import to_canonical, to_mlx
+from .weights import get_weights
 
-__all__ = ["Trainer", "NonFiniteLoss", "MLXComm", "init_distributed", "pretrain_loss", "probe_loss"]
-
-# The loss terms a weighted (distributed) update combines, in the model's order.
-_TERMS = ("text_loss", "pixel_loss")
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss or the gradient norm is NaN/inf; no update was applied."""
-
-
-def _to_canonical(name: str, arr: np.ndarray) -> np.ndarray:
-    return arr.transpose(0, 3, 1, 2) if arr.ndim == 4 else arr
-
-
-def _from_canonical(arr: np.ndarray) -> np.ndarray:
-    return arr.transpose(0, 2, 3, 1) if arr.ndim == 4 else arr
+__all__ = ["Trainer", "pretrain_loss", "probe_loss"]
 
 
 LossFn = Callable[[Any, Mapping[str, Any]], Mapping[str, mx.array]]
@@ -97,83 +93,15 @@ def probe_loss(model: Any, batch: Mapping[str, Any]) -> dict[str, mx.array]:
     }
 
 
-def _launcher_backend(env: Mapping[str, str]) -> str:
-    """The ``mx.distributed`` backend the launcher prepared (``any`` if unknown)."""
-    if "OMPI_COMM_WORLD_RANK" in env or "PMI_RANK" in env:
-        return "mpi"
-    if "MLX_JACCL_COORDINATOR" in env or "MLX_IBV_DEVICES" in env:
-        return "jaccl"
-    if "NCCL_HOST_IP" in env and "MLX_WORLD_SIZE" in env:
-        return "nccl"
-    if env.get("MLX_HOSTFILE"):
-        return "ring"
-    return "any"
-
-
-class MLXComm:
-    """This process's membership of the ``mx.distributed`` group ``mlx.launch`` set up
-    (ring over TCP from its hostfile, MPI under mpirun, NCCL on CUDA). Built by
-    :func:`init_distributed`. MLX collectives have no timeout of their own: callers
-    guard them with :class:`aimv2.distributed.Watchdog`.
-    """
-
-    def __init__(self, *, backend: str | None = None) -> None:
-        self.backend = backend or _launcher_backend(os.environ)
-        self.group = mx.distributed.init(strict=True, backend=self.backend)
-        self.rank, self.size = self.group.rank(), self.group.size()
-
-    def _host_ints(self, arr: np.ndarray) -> mx.array:
-        arr = np.asarray(arr, dtype=np.int64)
-        if arr.size and np.abs(arr).max() >= 2**31:
-            raise ValueError("MLX host collectives carry int32 values; got one past 2**31")
-        return mx.array(arr.astype(np.int32))
-
-    def sum_ints(self, arr: np.ndarray) -> np.ndarray:
-        """Element-wise sum of an integer vector over the ranks."""
-        out = mx.distributed.all_sum(self._host_ints(arr), group=self.group, stream=mx.cpu)
-        return np.array(out).astype(np.int64)
-
-    def max_ints(self, arr: np.ndarray) -> np.ndarray:
-        """Element-wise maximum of an integer vector over the ranks."""
-        out = mx.distributed.all_max(self._host_ints(arr), group=self.group, stream=mx.cpu)
-        return np.array(out).astype(np.int64)
-
-    def average(self, arrays: Sequence[mx.array]) -> list[mx.array]:
-        """The mean over ranks of each array (``nn.average_gradients``: concatenated into
-        ~32 MiB all-reduces); lazy until evaluated."""
-        return list(nn.average_gradients(list(arrays), group=self.group))
-
-    def barrier(self) -> None:
-        """Wait for every rank."""
-        mx.eval(mx.distributed.all_sum(mx.array(1), group=self.group, stream=mx.cpu))
-
-    def close(self) -> None:
-        """Nothing to release: MLX keeps its group for the life of the process."""
-
-
-def init_distributed(
-    *, timeout_s: float = 600.0, device: str | None = None, local_rank: int = 0
-) -> MLXComm:
-    """Join the group ``mlx.launch`` (or ``mpirun``) set up for this process.
-
-    Called by :func:`aimv2.distributed.init_world`; ``timeout_s`` is enforced there by a
-    watchdog, and ``device`` / ``local_rank`` are torch's concern (MLX picks its device).
-
-    Example:
-        >>> import os
-        >>> "MLX_RANK" in os.environ or callable(init_distributed)  # needs mlx.launch
-        True
-    """
-    return MLXComm()
-
-
 class Trainer:
     """Owns AdamW state for an MLX model and applies one update per call.
 
     The loss is AIMv2's pre-training objective unless ``loss_fn(model, batch) -> dict``
     (a ``"loss"`` entry plus any other scalars to report) is given — the probes use
-    that. ``compile=True`` (default) compiles the gradient and update functions with
-    ``mx.compile``; the learning rate is an input, so changing it does not recompile.
+    that. ``compile=True`` compiles the gradient and update functions with ``mx.compile``
+    (``"auto"``, the default on every backend, compiles where that is cheap: here); the
+    learning rate is an input, so changing it does not recompile. MLX has no autocast
+    (``autocast`` must be None) and holds whole replicas (``shard`` must be ``"none"``).
     Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
 
     With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under
@@ -188,10 +116,23 @@ class Trainer:
         model: nn.Module,
         cfg: OptimConfig,
         *,
-        compile: bool = True,
+        compile: bool | str = "auto",
+        autocast: str | None = None,
         loss_fn: LossFn | None = None,
         world: Any = None,
+        shard: str = "none",
     ) -> None:
+        if autocast is not None:
+            raise ValueError(
+                f"autocast={autocast!r}: the MLX trainer has no autocast; build the model in "
+                f"bfloat16 instead (aimv2.build(..., dtype='bfloat16'))"
+            )
+        if shard != "none":
+            raise ValueError(
+                f"shard={shard!r}: MLX data parallelism holds whole replicas; use 'none' "
+                f"(FSDP2 sharding is torch's)"
+            )
+        compile = resolve_compile(compile, cheap=True)
         self.model, self.cfg = model, cfg
         self.loss_fn = loss_fn or pretrain_loss
         self.world = world if world is not None and world.size > 1 else None
@@ -206,14 +147,8 @@ class Trainer:
         self.step_count = 0
         self.state = [model.state, self.exp_avg, self.exp_avg_sq]
         keys: list[str] = []
-        spec = model.spec  # objective weights of the pre-training terms (0 for a probe)
-        term_weight = mx.array(
-            [
-                spec.text.weight if getattr(spec, "has_text_head", False) else 0.0,
-                spec.pixel.weight if getattr(spec, "has_pixel_head", False) else 0.0,
-            ],
-            dtype=mx.float32,
-        )
+        weights = objective_weights(model.spec)  # 0 for a probe
+        term_weight = mx.array([weights[t] for t in TERMS], dtype=mx.float32)
         self._term_weight = term_weight
 
         def loss_fn_(batch):
@@ -223,7 +158,7 @@ class Trainer:
 
         def weighted_loss_fn_(batch, coefs):
             out = self.loss_fn(model, batch)
-            terms = mx.stack([out[t] for t in _TERMS])
+            terms = mx.stack([out[t] for t in TERMS])
             return (coefs * term_weight * terms).sum(), terms
 
         grad_fn = nn.value_and_grad(model, loss_fn_)
@@ -295,12 +230,7 @@ class Trainer:
         multi-rank update averages the ranks' mean losses.
         """
         k = len(micro_batches)
-        if weights is not None:
-            if self.loss_fn is not pretrain_loss:
-                raise ValueError("weights: only the pre-training loss has weighted terms")
-            if len(weights) != k:
-                raise ValueError(f"weights: expected {k} entries (one per micro-batch), "
-                                 f"got {len(weights)}")  # fmt: skip
+        check_update_weights(weights, k, self.loss_fn is pretrain_loss)
         total, acc = None, None
         for i, mb in enumerate(micro_batches):
             if self.loss_fn is pretrain_loss:
@@ -311,7 +241,7 @@ class Trainer:
             else:
                 # x K: the all-reduce below averages over the K ranks; the weights sum.
                 scale = float(self.world_size)
-                coefs = mx.array([scale * float(weights[i][t]) for t in _TERMS], mx.float32)
+                coefs = mx.array([scale * float(weights[i][t]) for t in TERMS], mx.float32)
                 parts, grads = self._weighted_grads_of(arrays, coefs)
             total = parts if total is None else total + parts
             acc = grads if acc is None else [a + g for a, g in zip(acc, grads, strict=True)]
@@ -320,7 +250,7 @@ class Trainer:
             if k > 1:
                 acc = [g / k for g in acc]
         if self.world is not None:
-            total, *acc = self.world.comm.average([total, *acc])
+            total, *acc = self.world.comm._average([total, *acc])
             with self.world.guard("the gradient all-reduce"):
                 mx.eval(total, acc)
         keys = self._keys
@@ -333,9 +263,7 @@ class Trainer:
         host = total.tolist() + [norm.item()]
         losses = dict(zip([*keys, "grad_norm"], host, strict=True))
         if not all(math.isfinite(v) for v in host):
-            raise NonFiniteLoss(
-                f"non-finite training values at update {self.step_count + 1}: {losses}"
-            )
+            check_finite(losses, self.step_count + 1)
         self.step_count += 1
         self._apply(acc, mx.array(lr, dtype=mx.float32), mx.array(self.step_count, mx.float32))
         mx.eval(self.state)
@@ -355,8 +283,6 @@ class Trainer:
         """
         if root_only and self.rank != 0:
             return {}
-        from . import get_weights
-
         return get_weights(self.model)
 
     def state_arrays(self, *, root_only: bool = False) -> dict[str, np.ndarray]:
@@ -373,11 +299,11 @@ class Trainer:
         """
         if root_only and self.rank != 0:
             return {}
-        out = {}
+        spec, out = self.model.spec, {}
         for n, m, v in zip(self.names, self.exp_avg, self.exp_avg_sq, strict=True):
-            out[f"exp_avg.{n}"] = _to_canonical(n, to_numpy(m))
-            out[f"exp_avg_sq.{n}"] = _to_canonical(n, to_numpy(v))
-        return out
+            out[f"exp_avg.{n}"] = to_canonical(spec, n, to_numpy(m))
+            out[f"exp_avg_sq.{n}"] = to_canonical(spec, n, to_numpy(v))
+        return {key: out[key] for key in moment_names(self.names)}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray], step_count: int) -> None:
         """Restore moments saved by :meth:`state_arrays` (from either backend).
@@ -389,21 +315,15 @@ class Trainer:
             >>> t.load_state_arrays(t.state_arrays(), 3); t.step_count
             3
         """
-        want = {f"{k}.{n}" for n in self.names for k in ("exp_avg", "exp_avg_sq")}
-        if set(arrays) != want:
-            missing, extra = sorted(want - set(arrays)), sorted(set(arrays) - want)
-            raise ValueError(
-                f"optimizer state does not match the model: missing {missing[:5]}, "
-                f"unexpected {extra[:5]}"
-            )
+        spec = self.model.spec
+        shapes = {
+            n: tuple(to_canonical(spec, n, p).shape)
+            for n, p in zip(self.names, self.exp_avg, strict=True)
+        }
+        check_moments(arrays, shapes)
         for i, n in enumerate(self.names):
             for store, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
-                src = _from_canonical(np.asarray(arrays[f"{key}.{n}"], dtype=np.float32))
-                if tuple(src.shape) != tuple(store[i].shape):
-                    raise ValueError(
-                        f"optimizer state {key}.{n}: expected shape {tuple(store[i].shape)}, "
-                        f"got {src.shape}"
-                    )
-                store[i] = mx.array(src)
+                src = np.asarray(arrays[f"{key}.{n}"], dtype=np.float32)
+                store[i] = mx.array(to_mlx(spec, n, src))
         mx.eval(self.exp_avg, self.exp_avg_sq)
         self.step_count = int(step_count)

@@ -16,149 +16,33 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import datetime
 import math
-import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.fsdp import fully_shard
+from torch.distributed.tensor import distribute_tensor
+from torch.nn.parallel import DistributedDataParallel
 
 from aimv2.inputs import check_pretrain_batch
-from aimv2.optim import OptimConfig, decay_mask
+from aimv2.optim import (
+    TERMS,
+    OptimConfig,
+    check_finite,
+    check_moments,
+    check_update_weights,
+    decay_mask,
+    moment_names,
+    objective_weights,
+    resolve_compile,
+)
 
-from . import to_numpy
+from .arrays import to_numpy
 
-__all__ = [
-    "Trainer",
-    "NonFiniteLoss",
-    "TorchComm",
-    "default_device",
-    "init_distributed",
-    "pretrain_loss",
-    "probe_loss",
-]
-
-# The loss terms a weighted (distributed) update combines, in the model's order.
-_TERMS = ("text_loss", "pixel_loss")
-
-
-class NonFiniteLoss(FloatingPointError):
-    """The loss or the gradient norm is NaN/inf; no update was applied."""
-
-
-def default_device() -> str:
-    """``cuda`` when a GPU is visible, else ``cpu``.
-
-    Example:
-        >>> default_device() in ("cuda", "cpu")
-        True
-    """
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-class TorchComm:
-    """This process's membership of the torchrun-launched ``torch.distributed`` group.
-
-    gloo on CPU, NCCL on CUDA (one GPU per rank: ``cuda:<LOCAL_RANK>``). Every
-    collective, the DDP/FSDP ones included, fails after ``timeout_s`` instead of
-    waiting forever for a rank that stopped. Built by :func:`init_distributed`.
-    """
-
-    def __init__(self, *, timeout_s: float, device: str | None = None, local_rank: int = 0):
-        import torch.distributed as dist
-
-        dev = torch.device(device or default_device())
-        if dev.type == "cuda":
-            if dev.index is None:
-                dev = torch.device("cuda", local_rank)
-            torch.cuda.set_device(dev)
-        elif dev.type != "cpu":
-            raise ValueError(f"--device {device!r}: distributed runs use cpu (gloo) or cuda (nccl)")
-        self.device = dev
-        self.backend = "nccl" if dev.type == "cuda" else "gloo"
-        if not dist.is_initialized():
-            dist.init_process_group(
-                self.backend,
-                timeout=datetime.timedelta(seconds=float(timeout_s)),
-                device_id=dev if dev.type == "cuda" else None,
-            )
-        self.rank, self.size = dist.get_rank(), dist.get_world_size()
-        self._mesh: Any = None
-
-    def mesh(self) -> Any:
-        """The 1-D device mesh over every rank (FSDP2 shards over it)."""
-        if self._mesh is None:
-            from torch.distributed.device_mesh import init_device_mesh
-
-            self._mesh = init_device_mesh(self.device.type, (self.size,))
-        return self._mesh
-
-    def _reduce(self, arr: np.ndarray, op: Any) -> np.ndarray:
-        import torch.distributed as dist
-
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)).to(self.device)
-        dist.all_reduce(t, op=op)
-        return t.cpu().numpy()
-
-    def sum_ints(self, arr: np.ndarray) -> np.ndarray:
-        """Element-wise sum of an int64 vector over the ranks."""
-        import torch.distributed as dist
-
-        return self._reduce(arr, dist.ReduceOp.SUM)
-
-    def max_ints(self, arr: np.ndarray) -> np.ndarray:
-        """Element-wise maximum of an int64 vector over the ranks."""
-        import torch.distributed as dist
-
-        return self._reduce(arr, dist.ReduceOp.MAX)
-
-    def all_reduce_(self, t: torch.Tensor) -> torch.Tensor:
-        """Sum ``t`` over the ranks in place (on this rank's device) and return it."""
-        import torch.distributed as dist
-
-        dist.all_reduce(t)
-        return t
-
-    def barrier(self) -> None:
-        """Wait for every rank."""
-        import torch.distributed as dist
-
-        dist.barrier()
-
-    def close(self) -> None:
-        """Destroy the process group."""
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-    def record_failure(self, err: BaseException) -> None:
-        """Write ``err`` to torchrun's error file, so its failure summary shows it."""
-        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
-            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
-
-            try:
-                ErrorHandler().record_exception(err)
-            except Exception:  # noqa: BLE001 - reporting must never mask the error
-                pass
-
-
-def init_distributed(
-    *, timeout_s: float = 600.0, device: str | None = None, local_rank: int = 0
-) -> TorchComm:
-    """Join the process group torchrun set up (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…).
-
-    Called by :func:`aimv2.distributed.init_world`; a single process never calls it.
-
-    Example:
-        >>> import os
-        >>> "RANK" in os.environ or callable(init_distributed)  # needs torchrun to run
-        True
-    """
-    return TorchComm(timeout_s=timeout_s, device=device, local_rank=local_rank)
+__all__ = ["Trainer", "pretrain_loss", "probe_loss"]
 
 
 LossFn = Callable[[Any, Mapping[str, Any]], Mapping[str, torch.Tensor]]
@@ -200,7 +84,8 @@ class Trainer:
 
     The loss is AIMv2's pre-training objective unless ``loss_fn(model, batch) -> dict``
     (a ``"loss"`` entry plus any other scalars to report) is given — the probes use
-    that. ``compile=True`` wraps the forward in ``torch.compile``; ``autocast``
+    that. ``compile=True`` wraps the forward in ``torch.compile`` (``"auto"``, the
+    default on every backend, compiles where that is cheap: not here); ``autocast``
     (``"bf16"``) runs matmuls in bfloat16 while parameters and optimizer state stay
     float32. Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
 
@@ -219,7 +104,7 @@ class Trainer:
         model: torch.nn.Module,
         cfg: OptimConfig,
         *,
-        compile: bool = False,
+        compile: bool | str = "auto",
         autocast: str | None = None,
         loss_fn: LossFn | None = None,
         world: Any = None,
@@ -238,8 +123,6 @@ class Trainer:
         if self.world is not None:
             comm = self.world.comm
             if self.sharded:
-                from torch.distributed.fsdp import fully_shard
-
                 # Blocks return a reshaped view of their fused residual GEMM; FSDP2 warns
                 # that an in-place op on such a view would skip its pre-backward hook.
                 # Nothing modifies block outputs in place (the FSDP trajectory test in
@@ -247,15 +130,13 @@ class Trainer:
                 warnings.filterwarnings(
                     "ignore", message=r"FSDP2-wrapped module \(FSDPBlock\) returned a view"
                 )
-                mesh = comm.mesh()
+                mesh = comm._mesh()
                 for sub in model.modules():
                     spec = getattr(sub, "spec", None)
-                    if sub is not model and getattr(spec, "kind", None) == "block":
+                    if sub is not model and getattr(spec, "role", None) == "block":
                         fully_shard(sub, mesh=mesh)
                 fully_shard(model, mesh=mesh)
             else:
-                from torch.nn.parallel import DistributedDataParallel
-
                 model.to(comm.device)
                 ids = [comm.device.index] if comm.device.type == "cuda" else None
                 self._ddp = wrapped = DistributedDataParallel(model, device_ids=ids)
@@ -268,15 +149,11 @@ class Trainer:
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self.step_count = 0
         self.device = self.params[0].device
-        self.forward = torch.compile(wrapped) if compile else wrapped
+        self.forward = torch.compile(wrapped) if resolve_compile(compile, cheap=False) else wrapped
         if autocast not in (None, "bf16"):
             raise ValueError(f"autocast={autocast!r}: expected None or 'bf16'")
         self.autocast = autocast
-        spec = model.spec  # objective weights of the pre-training terms (0 for a probe)
-        self._term_weight = {
-            "text_loss": spec.text.weight if getattr(spec, "has_text_head", False) else 0.0,
-            "pixel_loss": spec.pixel.weight if getattr(spec, "has_pixel_head", False) else 0.0,
-        }
+        self._term_weight = objective_weights(model.spec)  # 0 for a probe
 
     def _autocast(self) -> Any:
         if self.autocast == "bf16":
@@ -327,12 +204,7 @@ class Trainer:
         ``weights`` a multi-rank update averages the ranks' mean losses.
         """
         k = len(micro_batches)
-        if weights is not None:
-            if self.loss_fn is not pretrain_loss:
-                raise ValueError("weights: only the pre-training loss has weighted terms")
-            if len(weights) != k:
-                raise ValueError(f"weights: expected {k} entries (one per micro-batch), "
-                                 f"got {len(weights)}")  # fmt: skip
+        check_update_weights(weights, k, self.loss_fn is pretrain_loss)
         sums: torch.Tensor | None = None
         keys: list[str] = []
         for i, mb in enumerate(micro_batches):
@@ -345,8 +217,9 @@ class Trainer:
                 if weights is None:
                     objective = out["loss"] / k
                 else:
-                    objective = sum(self._term_weight[t] * float(weights[i][t]) * out[t]
-                                    for t in _TERMS)  # fmt: skip
+                    objective = sum(
+                        self._term_weight[t] * float(weights[i][t]) * out[t] for t in TERMS
+                    )
                 if self.world_size > 1:
                     objective = objective * self.world_size  # DDP/FSDP average over ranks
                 objective.backward()
@@ -354,9 +227,8 @@ class Trainer:
                 keys = list(out)
                 parts = torch.stack([out[key].detach().float() for key in keys])
             else:
-                keys = list(_TERMS)
-                parts = torch.stack([float(weights[i][t]) * out[t].detach().float()
-                                     for t in _TERMS])  # fmt: skip
+                keys = list(TERMS)
+                parts = torch.stack([float(weights[i][t]) * out[t].detach().float() for t in TERMS])
             sums = parts if sums is None else sums + parts
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         local = self._local(grads)
@@ -365,7 +237,7 @@ class Trainer:
             sums = sums / k
         if self.world is not None:
             extra = norm.square()[None] if self.sharded else norm.new_zeros(1)
-            reduced = self.world.comm.all_reduce_(torch.cat([sums, extra]))
+            reduced = self.world.comm._all_reduce(torch.cat([sums, extra]))
             sums = reduced[:-1] if weights is not None else reduced[:-1] / self.world_size
             if self.sharded:
                 norm = reduced[-1].sqrt()
@@ -378,9 +250,7 @@ class Trainer:
         losses = dict(zip([*keys, "grad_norm"], host, strict=True))
         if not all(math.isfinite(v) for v in host):
             self.model.zero_grad(set_to_none=True)
-            raise NonFiniteLoss(
-                f"non-finite training values at update {self.step_count + 1}: {losses}"
-            )
+            check_finite(losses, self.step_count + 1)
         self._update(local, norm, lr)
         self.model.zero_grad(set_to_none=True)
         return losses
@@ -453,8 +323,7 @@ class Trainer:
         out = self._gather([*self.exp_avg, *self.exp_avg_sq], names, root_only)
         if not out:
             return out
-        order = [f"{k}.{n}" for n in self.names for k in ("exp_avg", "exp_avg_sq")]
-        return {key: out[key] for key in order}
+        return {key: out[key] for key in moment_names(self.names)}
 
     @torch.no_grad()
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray], step_count: int) -> None:
@@ -468,27 +337,16 @@ class Trainer:
             >>> t.load_state_arrays(t.state_arrays(), 3); t.step_count
             3
         """
-        want = {f"{k}.{n}" for n in self.names for k in ("exp_avg", "exp_avg_sq")}
-        if set(arrays) != want:
-            missing, extra = sorted(want - set(arrays)), sorted(set(arrays) - want)
-            raise ValueError(
-                f"optimizer state does not match the model: missing {missing[:5]}, "
-                f"unexpected {extra[:5]}"
-            )
+        check_moments(
+            arrays, {n: tuple(p.shape) for n, p in zip(self.names, self.params, strict=True)}
+        )
         for i, n in enumerate(self.names):
             for store, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
                 src = np.asarray(arrays[f"{key}.{n}"])
-                if tuple(src.shape) != tuple(store[i].shape):
-                    raise ValueError(
-                        f"optimizer state {key}.{n}: expected shape {tuple(store[i].shape)}, "
-                        f"got {src.shape}"
-                    )
                 full = torch.from_numpy(np.ascontiguousarray(src)).to(
                     device=self.device, dtype=store[i].dtype
                 )
                 if self.sharded:
-                    from torch.distributed.tensor import distribute_tensor
-
                     shard = distribute_tensor(
                         full, store[i].device_mesh, store[i].placements, src_data_rank=None
                     )

@@ -1,0 +1,148 @@
+"""Weights across the MLX boundary: canonical NumPy arrays (torch layouts) in and out,
+streaming loads and dtype casts. Layouts convert only here, through
+:mod:`aimv2.backends.mlx.layout`.
+
+Example:
+    >>> import numpy as np
+    >>> from aimv2 import specs as S
+    >>> from aimv2.backends.mlx.registry import build_module
+    >>> m = build_module(S.NormSpec(width=2)); set_weights(m, {"weight": np.ones(2)})
+    >>> get_weights(m)["weight"].tolist()
+    [1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+
+from aimv2 import specs as S
+from aimv2.weights import check_weights
+
+from .arrays import dtype_name, native_dtype, to_numpy
+from .layout import to_canonical, to_mlx
+from .registry import build_module
+
+__all__ = ["get_weights", "set_weights", "load_weights", "weight_dtypes", "get_weight", "cast"]
+
+
+def get_weights(module: nn.Module) -> dict[str, np.ndarray]:
+    """Canonical name → NumPy array (torch layouts: conv weights back to (out, in, kH, kW)).
+
+    Example:
+        >>> sorted(get_weights(build_module(S.NormSpec(width=4, type="layer"))))
+        ['bias', 'weight']
+    """
+    spec = module.spec
+    return {n: to_canonical(spec, n, to_numpy(v)) for n, v in tree_flatten(module.parameters())}
+
+
+def set_weights(module: nn.Module, weights: Mapping[str, Any]) -> None:
+    """Load canonical weights (torch layouts) after a strict name/shape check.
+
+    Example:
+        >>> m = build_module(S.NormSpec(width=2))
+        >>> set_weights(m, {"weight": np.array([2.0, 3.0])})
+        >>> m.weight.tolist()
+        [2.0, 3.0]
+    """
+    spec = module.spec
+    check_weights(spec, weights)
+    current = dict(tree_flatten(module.parameters()))
+    new = []
+    for name, value in weights.items():
+        arr = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
+        new.append((name, to_mlx(spec, name, arr).astype(current[name].dtype)))
+    module.update(tree_unflatten(new))
+    mx.eval(module.parameters())
+
+
+def load_weights(
+    spec: S.Spec,
+    tensors: Iterable[tuple[str, np.ndarray]],
+    *,
+    dtype: Any = None,
+    device: Any = None,
+) -> nn.Module:
+    """Build ``spec`` in ``dtype`` and stream canonical ``(name, array)`` pairs into it one
+    at a time (MLX is lazy: the module's own initial values are never computed); every
+    parameter must arrive exactly once. ``device`` must be None (unified memory).
+
+    Example:
+        >>> m = load_weights(S.NormSpec(width=2), [("weight", np.ones(2))], dtype="bfloat16")
+        >>> m.weight.dtype
+        mlx.core.bfloat16
+    """
+    if device is not None:
+        raise ValueError("device: the MLX backend takes no device (its memory is unified)")
+    target = native_dtype(dtype)
+    module = build_module(spec)
+    if target is not None:
+        module.set_dtype(target)
+    current = dict(tree_flatten(module.parameters()))
+    seen: set[str] = set()
+    for name, arr in tensors:
+        if name not in current:
+            raise KeyError(f"load_weights: {name!r} is not a parameter of {spec.kind!r}")
+        if name in seen:
+            raise KeyError(f"load_weights: {name!r} arrived twice")
+        seen.add(name)
+        arr = np.asarray(arr)
+        if arr.dtype == np.float64:
+            arr = arr.astype(np.float32)
+        value = to_mlx(module.spec, name, mx.array(arr)).astype(current[name].dtype)
+        mx.eval(value)
+        module.update(tree_unflatten([(name, value)]))
+    missing = sorted(set(current) - seen)
+    if missing:
+        raise KeyError(f"load_weights: {len(missing)} parameters never arrived: {missing[:5]}")
+    return module
+
+
+def weight_dtypes(module: nn.Module) -> dict[str, str]:
+    """Canonical name → dtype name of every parameter.
+
+    Example:
+        >>> m = build_module(S.NormSpec(width=2)); m.set_dtype(mx.bfloat16)
+        >>> weight_dtypes(m)
+        {'weight': 'bfloat16'}
+    """
+    return {n: dtype_name(p.dtype) for n, p in tree_flatten(module.parameters())}
+
+
+def get_weight(module: nn.Module, name: str) -> np.ndarray:
+    """One parameter as a canonical NumPy array (torch layout; bf16/fp16 as float32).
+
+    Example:
+        >>> get_weight(build_module(S.NormSpec(width=2)), "weight").shape
+        (2,)
+    """
+    params = dict(tree_flatten(module.parameters()))
+    if name not in params:
+        raise KeyError(f"name={name!r}: not a parameter of this {type(module).__name__}")
+    return to_canonical(module.spec, name, to_numpy(params[name]))
+
+
+def cast(module: nn.Module, dtype: Any = None, device: Any = None) -> nn.Module:
+    """Cast floating parameters to ``dtype`` (a name or an MLX dtype). MLX memory is
+    unified: ``device`` (``"cpu"``, ``"gpu"`` or an ``mx.Device``) only sets MLX's default
+    device.
+
+    Example:
+        >>> cast(build_module(S.NormSpec(width=2)), dtype="float16").weight.dtype
+        mlx.core.float16
+    """
+    if device is not None:
+        if isinstance(device, str):
+            if device not in ("cpu", "gpu"):
+                raise ValueError(f"device={device!r}: MLX devices are 'cpu' and 'gpu'")
+            device = mx.cpu if device == "cpu" else mx.gpu
+        mx.set_default_device(device)
+    if dtype is not None:
+        module.set_dtype(native_dtype(dtype))
+    return module

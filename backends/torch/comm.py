@@ -1,0 +1,128 @@
+"""Torch's membership of a ``torchrun`` process group (the contract's Communicator).
+
+Example:
+    >>> init_distributed(environ={"RANK": "0"})
+    Traceback (most recent call last):
+    ...
+    RuntimeError: init_distributed: this process was not started by torchrun (WORLD_SIZE, MASTER_ADDR, MASTER_PORT unset)
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+from .runtime import default_device
+
+__all__ = ["TorchComm", "init_distributed"]
+
+
+class TorchComm:
+    """This process's membership of the torchrun-launched ``torch.distributed`` group.
+
+    gloo on CPU, NCCL on CUDA (one GPU per rank: ``cuda:<LOCAL_RANK>``). Every
+    collective, the DDP/FSDP ones included, fails after ``timeout_s`` instead of
+    waiting forever for a rank that stopped. Built by :func:`init_distributed`.
+    """
+
+    # gloo and NCCL end a collective that outlasts the group's timeout themselves
+    enforces_timeout = True
+
+    def __init__(self, *, timeout_s: float, device: str | None = None, local_rank: int = 0):
+        dev = torch.device(device or default_device())
+        if dev.type == "cuda":
+            if dev.index is None:
+                dev = torch.device("cuda", local_rank)
+            torch.cuda.set_device(dev)
+        elif dev.type != "cpu":
+            raise ValueError(f"--device {device!r}: distributed runs use cpu (gloo) or cuda (nccl)")
+        self.device = dev
+        self.backend = "nccl" if dev.type == "cuda" else "gloo"
+        if not dist.is_initialized():
+            dist.init_process_group(
+                self.backend,
+                timeout=datetime.timedelta(seconds=float(timeout_s)),
+                device_id=dev if dev.type == "cuda" else None,
+            )
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self._device_mesh: Any = None
+
+    def _mesh(self) -> Any:
+        """The 1-D device mesh over every rank (FSDP2 shards over it)."""
+        if self._device_mesh is None:
+            self._device_mesh = init_device_mesh(self.device.type, (self.size,))
+        return self._device_mesh
+
+    def _reduce(self, arr: np.ndarray, op: Any) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)).to(self.device)
+        dist.all_reduce(t, op=op)
+        return t.cpu().numpy()
+
+    def sum_ints(self, arr: np.ndarray) -> np.ndarray:
+        """Element-wise sum of an int64 vector over the ranks."""
+        return self._reduce(arr, dist.ReduceOp.SUM)
+
+    def max_ints(self, arr: np.ndarray) -> np.ndarray:
+        """Element-wise maximum of an int64 vector over the ranks."""
+        return self._reduce(arr, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over the ranks in place (on this rank's device) and return it."""
+        dist.all_reduce(t)
+        return t
+
+    def barrier(self) -> None:
+        """Wait for every rank."""
+        dist.barrier()
+
+    def close(self) -> None:
+        """Destroy the process group."""
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def record_failure(self, err: BaseException) -> None:
+        """Write ``err`` to torchrun's error file, so its failure summary shows it."""
+        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            try:
+                ErrorHandler().record_exception(err)
+            except Exception:  # noqa: BLE001 - reporting must never mask the error
+                pass
+
+
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def init_distributed(
+    *,
+    timeout_s: float = 600.0,
+    device: str | None = None,
+    local_rank: int = 0,
+    environ: Mapping[str, str] | None = None,
+) -> TorchComm:
+    """Join the process group torchrun set up (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``…).
+
+    Called by :func:`aimv2.distributed.init_world`; a single process never calls it, and
+    a process that torchrun did not start gets a clear error instead of a hang.
+
+    Example:
+        >>> init_distributed(environ={})
+        Traceback (most recent call last):
+        ...
+        RuntimeError: init_distributed: this process was not started by torchrun (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT unset)
+    """
+    env = os.environ if environ is None else environ
+    missing = [k for k in _LAUNCH_VARS if k not in env]
+    if missing:
+        raise RuntimeError(
+            f"init_distributed: this process was not started by torchrun ({', '.join(missing)} "
+            f"unset)"
+        )
+    return TorchComm(timeout_s=timeout_s, device=device, local_rank=local_rank)
