@@ -181,6 +181,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     tmp_path, monkeypatch
 ):
     from aimv2.backends.torch import Trainer
+
     from aimv2.optim import NonFiniteLoss
 
     real_step = Trainer.step
