@@ -1,0 +1,238 @@
+"""Format detection: what a checkpoint holds, found from its tensor names, and a check of
+every tensor name and shape against the spec before anything is built.
+
+The format (and any name prefix of the encoder) comes from where the patch-embedding
+weight sits; the spec from (in order) ``preset=``, ``config.json``, a spec stored in the
+file's metadata, or the tensor shapes (:mod:`aimv2.formats.infer`). Only headers and JSON
+are read.
+
+Example:
+    >>> import tempfile, aimv2
+    >>> from aimv2.safetensors import save_file
+    >>> spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4, image_size=8,
+    ...                           mlp_hidden=64)
+    >>> p = Path(tempfile.mkdtemp()) / "bare.safetensors"
+    >>> save_file({"model." + k: v for k, v in aimv2.init_weights(spec).items()}, p)
+    >>> d = detect(p, preset=spec)
+    >>> d.format, d.prefix, d.origin
+    ('official', 'model.', 'the given EncoderSpec')
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import checkpoint as _ckpt
+from .. import presets
+from .. import specs as S
+from ..weights import parameters
+from .configs import folder_config
+from .infer import infer_spec
+from .names import ANCHORS, CONV, SPEC_KEY, FormatError, recipe, source_shapes
+from .store import Store, locate, read_json
+from .writer import ITEMSIZE
+
+__all__ = ["PathLike", "Detected", "detect"]
+
+PathLike = str | os.PathLike
+
+
+@dataclass(frozen=True)
+class Detected:
+    """What a checkpoint holds: its ``format``, the encoder ``spec`` it realizes, where the
+    spec came from (``origin``), the safetensors ``files`` and the name ``prefix`` of the
+    encoder inside them.
+
+    Example:
+        >>> Detected("official", None, "tensor shapes", ()).format
+        'official'
+    """
+
+    format: str
+    spec: S.EncoderSpec
+    origin: str
+    files: tuple[Path, ...]
+    prefix: str = ""
+    store: Store | None = field(default=None, repr=False, compare=False)
+
+    def plan(self) -> dict[str, tuple[tuple[str, ...], str]]:
+        """Canonical name -> (names in the files, combine op), for every parameter.
+
+        Example:
+            >>> import aimv2
+            >>> spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4,
+            ...                           image_size=8, mlp_hidden=64)
+            >>> Detected("transformers", spec, "", ()).plan()["preprocessor.pos_embed"]
+            (('embeddings.position_embedding.weight',), 'pos')
+        """
+        out = {}
+        for name in parameters(self.spec):
+            src, op = recipe(self.format, name)
+            out[name] = (tuple(self.prefix + s for s in src), op)
+        return out
+
+
+def detect(path: PathLike, preset: Any = None, backend: str | None = None) -> Detected:
+    """Find what ``path`` holds (format, spec, files) and check every tensor name and shape.
+
+    Reads only headers and JSON. ``preset`` (a preset name, ``ModelSpec`` or ``EncoderSpec``)
+    overrides the spec found in the checkpoint; it must then match the tensors. ``backend``
+    picks ``mlx_model.safetensors`` over ``model.safetensors`` when a folder has both.
+
+    Example:
+        >>> import tempfile, aimv2
+        >>> from aimv2.formats import save_pretrained
+        >>> spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4, image_size=8,
+        ...                           mlp_hidden=64)
+        >>> p = save_pretrained(aimv2.build(spec), tempfile.mkdtemp() + "/m", format="mlx")
+        >>> d = detect(p)
+        >>> d.format, d.spec.depth, d.origin
+        ('mlx', 1, 'the spec stored in the file')
+    """
+    path = Path(os.fspath(path))
+    # the backend's name selects the released layout named after it (the 'mlx' format)
+    kind, found, folder = locate(path, prefer=backend)
+    if kind == "checkpoint":
+        return _detect_checkpoint(found, preset)
+    files, wmap = found
+    store = Store.open(files, wmap)
+    where = str(path)
+    fmt, prefix = _find_format(store, where)
+    config, cfg_path = folder_config(folder)
+    stored = _stored_spec(store, where)
+    if preset is not None:
+        spec, origin = _spec_of(preset)
+    elif stored is not None and not config:
+        spec, origin = stored, "the spec stored in the file"
+    else:
+        spec, origin = infer_spec(store, fmt, prefix, folder, where, config, cfg_path)
+        if stored is not None and stored.replace(preprocess=spec.preprocess) == spec:
+            spec = stored  # same architecture; keeps preprocessing a config cannot spell
+    det = Detected(fmt, spec, origin, tuple(store.files), prefix, store)
+    _check_tensors(det, where)
+    return det
+
+
+def _find_format(store: Store, where: str) -> tuple[str, str]:
+    found = []
+    for key in store.tensors:
+        for fmt, anchor in ANCHORS.items():
+            if key == anchor or key.endswith("." + anchor):
+                found.append((fmt, key[: len(key) - len(anchor)]))
+    if not found:
+        names = sorted(store.tensors)
+        raise FormatError(
+            f"{where}: not an AIMv2 checkpoint: none of the patch-embedding keys "
+            f"{sorted(ANCHORS.values())} is present (it holds {len(names)} tensors, e.g. "
+            f"{names[:6]})"
+        )
+    if len(found) > 1:
+        raise FormatError(f"{where}: holds several AIMv2 encoders (format, prefix): {found}")
+    fmt, prefix = found[0]
+    if fmt == "official":
+        fmt = _official_or_mlx(store, prefix + CONV)
+    return fmt, prefix
+
+
+def _official_or_mlx(store: Store, conv: str) -> str:
+    path, _ = store.tensors[conv]
+    if store.metadata.get("format") == "mlx" or path.name.startswith("mlx_"):
+        return "mlx"
+    shape = store.shape(conv) or ()
+    if len(shape) == 4 and shape[1] == shape[2] and shape[2] != shape[3]:
+        return "mlx"  # (out, kH, kW, in) with in != kW
+    return "official"
+
+
+def _spec_of(preset: Any) -> tuple[S.EncoderSpec, str]:
+    if isinstance(preset, str):
+        try:
+            spec = presets.get(preset)
+        except KeyError as err:
+            raise FormatError(f"preset: {err.args[0]}") from None
+        return spec.encoder, f"preset {preset!r}"
+    if isinstance(preset, S.ModelSpec):
+        return preset.encoder, f"preset {preset.name or 'spec'!r}"
+    if isinstance(preset, S.EncoderSpec):
+        return preset, "the given EncoderSpec"
+    raise TypeError(
+        "preset: expected a preset name, a ModelSpec or an EncoderSpec, "
+        f"got {type(preset).__name__}"
+    )
+
+
+def _stored_spec(store: Store, where: str) -> S.EncoderSpec | None:
+    """The spec a file written by :func:`~aimv2.formats.save_pretrained` carries in its
+    metadata."""
+    if SPEC_KEY not in store.metadata:
+        return None
+    try:
+        spec = S.from_json(store.metadata[SPEC_KEY])
+    except (S.SpecError, ValueError, TypeError) as err:
+        raise FormatError(f"{where}: the spec stored in its metadata is invalid ({err})") from err
+    if not isinstance(spec, S.EncoderSpec):
+        raise FormatError(f"{where}: the stored spec is a {spec.kind!r}, expected 'encoder'")
+    return spec
+
+
+def _detect_checkpoint(ckpt_dir: Path, preset: Any) -> Detected:
+    state = read_json(ckpt_dir / "state.json")
+    if state.get("format") != _ckpt.FORMAT:
+        raise FormatError(
+            f"{ckpt_dir / 'state.json'}: format {state.get('format')!r} is not {_ckpt.FORMAT!r}"
+        )
+    try:
+        saved = S.from_dict(state.get("spec"))
+    except (S.SpecError, TypeError) as err:
+        raise FormatError(f"{ckpt_dir / 'state.json'}: invalid spec ({err})") from err
+    if isinstance(saved, S.ModelSpec):
+        prefix = "encoder." if saved.decoder is not None else ""
+        spec = saved.encoder
+    elif isinstance(saved, S.EncoderSpec):
+        prefix, spec = "", saved
+    else:
+        raise FormatError(f"{ckpt_dir}: holds a {saved.kind!r} spec, expected an encoder or model")
+    origin = f"{ckpt_dir / 'state.json'}"
+    if preset is not None:
+        spec, origin = _spec_of(preset)
+    weights = ckpt_dir / "model.safetensors"
+    store = Store.open([weights])
+    det = Detected("aimv2", spec, origin, (weights,), prefix, store)
+    _check_tensors(det, str(ckpt_dir))
+    return det
+
+
+def _check_tensors(det: Detected, where: str) -> None:
+    """Every expected tensor present with its expected shape, nothing unexpected, floats."""
+    store = det.store
+    assert store is not None
+    expected: dict[str, tuple[int, ...]] = {}
+    shapes = parameters(det.spec)
+    for name, (src, op) in det.plan().items():
+        for key, shape in zip(src, source_shapes(op, shapes[name].shape), strict=True):
+            expected[key] = shape
+    have = {k for k in store.tensors if k.startswith(det.prefix)}
+    missing = sorted(set(expected) - have)
+    unexpected = sorted(have - set(expected))
+    bad = []
+    for key in sorted(set(expected) & have):
+        got = store.shape(key)
+        if got != expected[key]:
+            bad.append(f"{key!r}: {det.origin} expects {expected[key]}, the file has {got}")
+        elif store.tensors[key][1].dtype not in ITEMSIZE:
+            bad.append(f"{key!r}: dtype {store.tensors[key][1].dtype} is not a float type")
+    if missing or unexpected or bad:
+        parts = []
+        if bad:
+            parts.append("mis-shaped: " + "; ".join(bad[:10]))
+        if missing:
+            parts.append(f"missing {len(missing)}: {', '.join(missing[:10])}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)}: {', '.join(unexpected[:10])}")
+        raise FormatError(
+            f"{where} ({det.format} format) does not match the spec from {det.origin}: "
+            + "; ".join(parts)
+        )

@@ -1,0 +1,107 @@
+"""Loading: build an encoder from a checkpoint in any format, on any backend.
+
+The checkpoint is detected and checked first (:func:`aimv2.formats.detect`); then the
+backend's ``load_weights`` verb builds the module directly in the asked dtype and takes
+the canonical tensors one at a time, in file order (never two copies of the weights).
+Nothing here knows a framework: dtype and device go to the backend as given.
+
+Example:
+    >>> import tempfile, aimv2
+    >>> from aimv2.formats import save_pretrained
+    >>> spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4, image_size=8,
+    ...                           mlp_hidden=64)
+    >>> p = save_pretrained(aimv2.build(spec), tempfile.mkdtemp() + "/m", format="timm")
+    >>> m = from_pretrained(p, backend="torch", dtype="bfloat16")
+    >>> set(aimv2.load_backend("torch").weight_dtypes(m).values())
+    {'bfloat16'}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .. import specs as S
+from ..backend import load_backend
+from .detect import Detected, PathLike, detect
+from .names import combine
+from .writer import DTYPE_CODES, DTYPE_NAMES
+
+__all__ = ["from_pretrained"]
+
+# The smallest module a backend builds: a dry run of its load verb checks a device.
+_PROBE = S.NormSpec(width=1)
+
+
+def from_pretrained(
+    path: PathLike,
+    backend: str = "torch",
+    dtype: Any = None,
+    preset: Any = None,
+    *,
+    device: Any = None,
+) -> Any:
+    """Build an AIMv2 encoder from a checkpoint file or folder in any supported format.
+
+    The format is detected from the tensor names (see :mod:`aimv2.formats`); the spec comes
+    from ``preset`` (a preset name, ``ModelSpec`` or ``EncoderSpec``), else ``config.json``
+    (transformers or timm), else the spec :func:`~aimv2.formats.save_pretrained` stores in
+    the file, else the tensor shapes with AIMv2's conventions (head dim 128, eps 1e-5,
+    square grid). Every tensor name and shape is checked before anything is built; a
+    mismatch raises :class:`~aimv2.formats.FormatError` naming the key and both shapes.
+    Weights stored as bf16/fp16/fp32 load into ``dtype`` (None: float32; or
+    ``"bfloat16"``, ``"float16"``, a ``torch.dtype`` / ``mlx.core.Dtype``). Tensors stream
+    into the module one at a time. ``device`` is a torch device (MLX uses its default
+    device and refuses one).
+
+    Example:
+        >>> import tempfile, aimv2
+        >>> from aimv2.formats import save_pretrained
+        >>> spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4, image_size=8,
+        ...                           mlp_hidden=64)
+        >>> p = save_pretrained(aimv2.build(spec), tempfile.mkdtemp() + "/m", format="official")
+        >>> m = from_pretrained(p, backend="torch")
+        >>> sorted(aimv2.get_weights(m)) == sorted(aimv2.weights.parameters(spec))
+        True
+    """
+    be = load_backend(backend)  # an unknown name or a missing framework fails before any read
+    target = _native_dtype(be, dtype)  # so does a dtype the backend cannot hold
+    if device is not None:
+        _check_device(be, target, device)
+    det = detect(path, preset=preset, backend=backend)
+    return be.load_weights(det.spec, _iter_canonical(det), dtype=target, device=device)
+
+
+def _native_dtype(be: ModuleType, dtype: Any) -> Any:
+    """The backend's dtype for ``dtype``: a spelling the formats accept (``"bf16"``,
+    ``"f16"``, ``"double"``…) goes to the backend by the contract's name; native dtypes and
+    other names go as given. A refusal names ``dtype`` as the caller spelled it."""
+    code = DTYPE_CODES.get(dtype.lower()) if isinstance(dtype, str) else None
+    try:
+        return be.native_dtype(dtype if code is None else DTYPE_NAMES[code])
+    except TypeError:
+        be.native_dtype(dtype)  # refused as spelled too: the backend's error names it
+        raise
+
+
+def _check_device(be: ModuleType, dtype: Any, device: Any) -> None:
+    """Load one tiny module onto ``device``: a backend that takes no device, or not this
+    one, refuses here, before any checkpoint file is read."""
+    be.load_weights(_PROBE, [("weight", np.ones(1, np.float32))], dtype=dtype, device=device)
+
+
+def _iter_canonical(det: Detected) -> Iterator[tuple[str, np.ndarray]]:
+    """(canonical name, float array in torch layout), one parameter at a time, in file order."""
+    store = det.store
+    assert store is not None
+    plan = det.plan()
+
+    def position(item: tuple[str, tuple[tuple[str, ...], str]]) -> tuple[str, int]:
+        path, info = store.tensors[item[1][0][0]]
+        return (str(path), info.offsets[0])
+
+    for name, (src, op) in sorted(plan.items(), key=position):
+        yield name, combine(op, [store.read(key) for key in src])
