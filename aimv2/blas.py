@@ -15,9 +15,10 @@ a library path to choose one, or to ``none`` to turn the preload off.
 
 Example:
     >>> from aimv2 import blas
-    >>> lib = blas.find_optimized_blas()
-    >>> lib is None or blas.exports_symbol(lib, "cblas_sgemm")
+    >>> blas.plan_reexec("torch", env={}, lib="/usr/lib/libopenblas.so.0") is None  # never
     True
+    >>> blas.without_preload({"LD_PRELOAD": "/usr/lib/libopenblas.so.0"})  # a torch child's
+    {}
 """
 
 from __future__ import annotations
@@ -183,8 +184,8 @@ def bundled_reference_blas() -> str | None:
     """The reference BLAS that the installed ``mlx[cpu]`` wheel bundles, or None.
 
     Example:
-        >>> lib = bundled_reference_blas()
-        >>> lib is None or "libblas" in lib
+        >>> lib = bundled_reference_blas()  # None without mlx[cpu]
+        >>> lib is None or exports_symbol(lib, "cblas_sgemm")
         True
     """
     import importlib.util

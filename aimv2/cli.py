@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from . import presets, specs
+from .bench import add_bench_parser
 
 __all__ = ["main", "load_spec"]
 
@@ -421,8 +422,6 @@ def build_parser() -> argparse.ArgumentParser:
     from .formats import add_convert_parser
 
     add_convert_parser(sub)
-
-    from .bench import add_bench_parser
 
     add_bench_parser(sub)
 

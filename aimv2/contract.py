@@ -254,3 +254,83 @@ def members(protocol: type) -> list[str]:
 BACKEND_NAMES = tuple(members(Backend))
 TRAINER_NAMES = tuple(members(Trainer))
 COMMUNICATOR_NAMES = tuple(members(Communicator))
+
+
+@runtime_checkable
+class BenchBackend(Protocol):
+    """The ``bench`` module of a backend package (``aimv2.backends.<name>.bench``): what
+    ``aimv2 bench`` (:mod:`aimv2.bench`, which imports no framework) times on it.
+
+    The driver plans the subjects, runs each in the process its BLAS needs, warms it
+    up, times it in interleaved rounds and reports; the backend builds each subject as
+    ``(call, sync, info)``: ``call()`` runs it once, ``sync()`` waits for the device,
+    ``info`` holds ``params`` (resident bytes), and a peer's ``note`` and
+    ``max_abs_diff``, a matmul's ``flops`` and ``dtype``. A subject that cannot run here
+    (an option the backend lacks, a peer that does not import or is not the same model)
+    raises NotImplementedError saying why; the driver lists it as skipped. ``device`` is
+    what :meth:`prepare` returned. Both backends export exactly these names with these
+    signatures (``tests/test_bench.py``).
+    """
+
+    PRELOAD_BLAS: bool  # whether this backend's processes get an optimized BLAS preloaded
+
+    def prepare(
+        self, device: str | None = None, threads: int | None = None, tune_alloc: bool = True
+    ) -> str:
+        """Set this process up for timing (device, threads, allocator); the device name."""
+        ...
+
+    def describe(self, device: str | None = None, compare: bool = False) -> dict[str, str]:
+        """The report's machine lines about this backend (and, with ``compare``, its peers)."""
+        ...
+
+    def peers(self, mode: str) -> list[dict[str, Any]]:
+        """What ``--compare`` times beside aimv2 in ``mode``: one dict per peer, with
+        ``backend`` (the backend whose bench module builds it), ``impl`` (its ``encoder``
+        ``impl``), ``label`` (its row), and optionally ``isolated`` (needs a process of its
+        own) and ``reference_blas`` (runs on the BLAS bundled with the framework)."""
+        ...
+
+    def matmul(
+        self, size: int, device: str | None = None, precision: str = "fp32"
+    ) -> tuple[Callable[[], Any], Callable[[], None], dict[str, Any]]:
+        """A square ``size``² matmul in the dtype the model's GEMMs run in: the roofline."""
+        ...
+
+    def encoder(
+        self,
+        spec: Spec,
+        mode: str,
+        batch: int,
+        image_hw: tuple[int, int] | None = None,
+        *,
+        impl: str = "aimv2",
+        device: str | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        checkpoint: bool = False,
+        seed: int = 0,
+    ) -> tuple[Callable[[], Any], Callable[[], None], dict[str, Any]]:
+        """The encoder ``spec`` (weights from ``seed``) as ``impl`` on a random batch:
+        inference (``mode="forward"``) or forward and backward (``"backward"``)."""
+        ...
+
+    def train_step(
+        self,
+        spec: Spec,
+        optim: OptimConfig,
+        batch: int,
+        *,
+        device: str | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        checkpoint: bool = False,
+        seed: int = 0,
+    ) -> tuple[Callable[[Sequence[Mapping[str, Any]]], Any], Callable[[], None], dict[str, Any]]:
+        """One pre-training update through the backend's Trainer, as
+        ``(step(micro_batches), sync, info)``; the driver feeds it from the data loader."""
+        ...
+
+    def peak_memory(self, call: Callable[[], Any], device: str | None = None) -> int | None:
+        """Run ``call`` once; the bytes it needed on top of what was live (None: unknown)."""
+        ...

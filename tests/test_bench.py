@@ -15,6 +15,7 @@ import pytest
 
 import aimv2
 from aimv2 import bench, blas
+from aimv2.bench.report import _ms
 
 TINY = "aimv2-test-tiny"
 
@@ -156,7 +157,7 @@ def test_bench_decoder_depth_replaces_the_decoder_and_is_checked():
 
 
 def test_bench_report_prints_milliseconds_without_exponents():
-    assert (bench._ms(18.78), bench._ms(1.3793), bench._ms(0.01234)) == ("18780", "1379", "12.34")
+    assert (_ms(18.78), _ms(1.3793), _ms(0.01234)) == ("18780", "1379", "12.34")
 
 
 def test_the_aimv2_command_wires_bench_and_reexecs_only_mlx_only_runs(monkeypatch, capsys):
@@ -187,6 +188,109 @@ def test_add_bench_parser_wires_into_an_argparse_tree():
     assert (args.spec, args.backend, args.mode, args.compare, args.batch_size) == (
         "aimv2-large-patch14-224", "mlx", ["all"], True, 8)  # fmt: skip
     assert args.func is not None
+
+
+def _bench_modules() -> dict:
+    import importlib
+
+    out = {}
+    for name in aimv2.BACKENDS:
+        try:
+            out[name] = importlib.import_module(aimv2.load_backend(name).__name__ + ".bench")
+        except aimv2.BackendUnavailable:
+            continue
+    return out
+
+
+def test_backend_bench_modules_satisfy_the_contract_with_identical_signatures():
+    import inspect
+
+    from aimv2.contract import BenchBackend, members
+
+    modules = _bench_modules()
+    assert "torch" in modules
+    names = members(BenchBackend)
+    for name, module in modules.items():
+        assert sorted(module.__all__) == names, name
+        assert isinstance(module, BenchBackend), name
+        assert isinstance(module.PRELOAD_BLAS, bool), name
+    for name in names:
+        wanted = getattr(BenchBackend, name, None)
+        if not callable(wanted):
+            continue
+        params = list(inspect.signature(wanted).parameters.values())[1:]  # without self
+        wanted = inspect.signature(wanted).replace(parameters=params)
+        for backend, module in modules.items():
+            got = inspect.signature(getattr(module, name))
+            assert str(got) == str(wanted), (backend, name)
+    # every peer names the backend that builds it, its impl and its row
+    for module in modules.values():
+        for mode in bench.MODES:
+            for peer in module.peers(mode):
+                assert (
+                    {"backend", "impl", "label"}
+                    <= set(peer)
+                    <= {"backend", "impl", "label", "isolated", "reference_blas"}
+                )
+                assert peer["backend"] in aimv2.BACKENDS
+
+
+def test_the_bench_driver_imports_no_framework_and_names_no_backend():
+    import ast
+
+    root = Path(bench.__file__).parent
+    for path in sorted(root.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                names = []
+            for name in names:
+                assert name.split(".")[0] not in ("torch", "mlx", "transformers", "timm"), path
+                assert "backends" not in name.split("."), path
+            if isinstance(node, ast.Compare):  # no `backend == "torch"`-style branches
+                for const in [node.left, *node.comparators]:
+                    if isinstance(const, ast.Constant):
+                        assert const.value not in aimv2.BACKENDS, (path.name, node.lineno)
+    code = "import sys, aimv2.bench; print(sorted({'torch', 'mlx'} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_import_timm_imports_timm_with_a_stand_in_torchvision_when_needed():
+    pytest.importorskip("torch")
+    code = (
+        "import importlib.util, sys; "
+        "from aimv2.backends.torch.peers import import_timm; "
+        "real = importlib.util.find_spec('torchvision') is not None; "
+        "timm, stubbed = import_timm(); "
+        "print(callable(timm.create_model), stubbed, real, "
+        "sys.modules.get('torchvision') is not None)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if proc.returncode and "No module named 'timm'" in proc.stderr:
+        pytest.skip("timm is not installed")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    has_create, stubbed, real, loaded = proc.stdout.split()
+    assert has_create == "True" and loaded == "True"
+    if real == "True":
+        pytest.skip("torchvision is installed: nothing to stand in for")
+    assert stubbed == "True"  # no torchvision at all: timm runs on the stand-in
+    # without the stand-in, the missing torchvision is the original ImportError
+    strict = (
+        "from aimv2.backends.torch.peers import import_timm\n"
+        "try:\n    import_timm(stand_in=False)\nexcept ModuleNotFoundError as e:\n"
+        "    print(e.name)\nelse:\n    print('imported')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", strict], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
+    assert out == ["torchvision"]
 
 
 # --------------------------------------------------------------------------- BLAS

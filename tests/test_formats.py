@@ -352,7 +352,7 @@ def test_timm_key_layout_by_table(tmp_path):
 _TIMM_SCRIPT = r"""
 import json, sys
 args = json.loads(sys.argv[1])
-from aimv2._peers import import_timm
+from aimv2.backends.torch.peers import import_timm
 
 # timm imports torchvision at import time, and PyPI's torchvision does not load beside
 # this torch build; stand-in modules (in this subprocess only) let timm import.
