@@ -191,6 +191,11 @@ class Backend(Protocol):
         """The framework dtype for a dtype name or a native dtype; None stays None."""
         ...
 
+    def native_device(self, device: Any) -> Any:
+        """The framework device for a device name or a native device; None stays None.
+        A device the backend cannot use is a ValueError naming it."""
+        ...
+
     def inference(self) -> AbstractContextManager[Any]:
         """A context in which calls build no autograd graph."""
         ...
@@ -305,6 +310,7 @@ class BenchBackend(Protocol):
         image_hw: tuple[int, int] | None = None,
         *,
         impl: str = "aimv2",
+        peer_folder: str | None = None,
         device: str | None = None,
         precision: str = "fp32",
         compile: bool = False,
@@ -312,7 +318,9 @@ class BenchBackend(Protocol):
         seed: int = 0,
     ) -> tuple[Callable[[], Any], Callable[[], None], dict[str, Any]]:
         """The encoder ``spec`` (weights from ``seed``) as ``impl`` on a random batch:
-        inference (``mode="forward"``) or forward and backward (``"backward"``)."""
+        inference (``mode="forward"``) or forward and backward (``"backward"``). A peer
+        ``impl`` loads ``peer_folder``, which the driver exported in the peer's format
+        from the same weights."""
         ...
 
     def train_step(

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         folder = Path(args.checkpoint) if args.checkpoint else make_demo_folder(Path(tmp))
         image = Path(args.image) if args.image else make_demo_image(Path(tmp) / "demo.png")
 
-        found = formats.detect(folder, backend=args.backend)
+        found = formats.detect(folder)
         print(f"checkpoint: {folder} ({found.format}; spec from {found.origin})")
         model = formats.from_pretrained(folder, backend=args.backend)
         spec = model.spec

@@ -435,14 +435,17 @@ def test_activation_checkpointing_keeps_losses_and_grads(backend):
 
 
 def test_mlx_cpu_batch_split_gives_the_same_results():
-    mlx = pytest.importorskip("aimv2.backends.mlx")
+    pytest.importorskip("mlx.core")
+    from aimv2.backends import mlx
+    from aimv2.backends.mlx import cpu
+
     spec = aimv2.presets.get(TINY)
     from aimv2.testing import random_batch
 
     batch = random_batch(spec, seed=2, batch=5)
     results = []
     for streams in (1, 2, 3):
-        mlx.set_cpu_streams(streams)
+        cpu.set_cpu_streams(streams)
         try:
             losses, grads = mlx.loss_and_grads(
                 aimv2.build(spec, "mlx", seed=0), batch["images"], batch["tokens"],
@@ -452,7 +455,7 @@ def test_mlx_cpu_batch_split_gives_the_same_results():
                                 return_blocks=True)  # fmt: skip
             results.append((losses, grads, np.array(feats), [np.array(b) for b in blocks]))
         finally:
-            mlx.set_cpu_streams(None)
+            cpu.set_cpu_streams(None)
     base = results[0]
     for losses, grads, feats, blocks in results[1:]:
         assert losses == pytest.approx(base[0], rel=1e-5)
@@ -460,25 +463,25 @@ def test_mlx_cpu_batch_split_gives_the_same_results():
         assert len(blocks) == len(base[3]) == 2
         for name, g in base[1].items():
             np.testing.assert_allclose(grads[name], g, rtol=1e-4, atol=1e-6, err_msg=name)
-    assert mlx.plan_cpu_batch(1) == 1
+    assert cpu.plan_cpu_batch(1) == 1
     with pytest.raises(ValueError, match="count="):
-        mlx.set_cpu_streams(0)
+        cpu.set_cpu_streams(0)
 
 
 def test_mlx_cpu_exp_is_float32_accurate():
     mx = pytest.importorskip("mlx.core")
-    from aimv2.backends.mlx import _cpu_exp
+    from aimv2.backends.mlx.fused import cpu_exp
 
     x = np.linspace(-87.0, 88.0, 200_001, dtype=np.float32)
-    got = np.array(_cpu_exp(mx.array(x)), dtype=np.float64)
+    got = np.array(cpu_exp(mx.array(x)), dtype=np.float64)
     want = np.exp(x.astype(np.float64))
     assert np.max(np.abs(got - want) / want) < 2.5e-7  # ~2 float32 ulp
-    special = np.array(_cpu_exp(mx.array([np.nan, -np.inf, 0.0])))
+    special = np.array(cpu_exp(mx.array([np.nan, -np.inf, 0.0])))
     assert np.isnan(special[0]) and 0 <= special[1] < 1e-37 and special[2] == 1.0
 
 
 def test_tune_cpu_allocator_is_harmless():
-    from aimv2.backends.torch import tune_cpu_allocator
+    from aimv2.backends.torch.cpu import tune_cpu_allocator
 
     assert tune_cpu_allocator() is sys.platform.startswith("linux")
     model = aimv2.build(aimv2.presets.get(TINY).encoder, "torch")

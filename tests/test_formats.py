@@ -58,7 +58,7 @@ def _forward(model, backend: str, x: np.ndarray):
     be = aimv2.load_backend(backend)
     xi = be.from_numpy(x)
     y, blocks = model(xi, return_blocks=True)
-    hidden = [be.to_numpy(model.preprocessor(xi))] + [be.to_numpy(b) for b in blocks]
+    hidden = [be.to_numpy(model.embed(xi))] + [be.to_numpy(b) for b in blocks]
     pooled = be.to_numpy(model.head(y)) if model.spec.head is not None else None
     return be.to_numpy(y), hidden, pooled
 

@@ -70,7 +70,7 @@ def run(
     backward). ``compile``: ``torch.compile`` / ``mx.compile``. ``checkpoint``:
     activation checkpointing. ``data`` feeds ``train``: a source for
     :class:`aimv2.data.Loader` (``builtin:shapes``) or ``"synthetic"``. ``tune_alloc``:
-    :func:`aimv2.backends.torch.tune_cpu_allocator` in torch processes.
+    :func:`aimv2.backends.torch.cpu.tune_cpu_allocator` in torch processes.
     ``decoder_depth``: replace the decoder depth of a pre-training spec (e.g. a base
     encoder with a 4-block decoder). ``settle``: seconds of quiet before each timed
     round. ``progress`` gets one line per step of the run.

@@ -19,17 +19,20 @@ import dataclasses
 import importlib
 import json
 import math
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from .. import specs as S
-from ..backend import BackendUnavailable, load_backend
+from ..backend import BackendUnavailable, build, load_backend
 from ..data import Loader, open_source
+from ..formats import FormatError, save_pretrained
 from ..masks import sample_prefix
 from ..optim import OptimConfig
 from ..testing import random_batch
@@ -174,18 +177,28 @@ class Local:
         spec = S.from_dict(d.spec)
         if d.mode == "train":
             return self._build_train(bench, spec, device)
-        return bench.encoder(
-            encoder_of(spec),
-            d.mode,
-            d.batch,
-            d.image_hw,
-            impl=d.impl,
-            device=device,
-            precision=d.precision,
-            compile=d.compile,
-            checkpoint=d.checkpoint,
-            seed=d.seed,
-        )
+        enc = encoder_of(spec)
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = None
+            if d.impl != "aimv2":  # a peer loads aimv2's weights from their export
+                folder = str(Path(tmp) / d.impl)
+                try:
+                    save_pretrained(build(enc, d.backend, seed=d.seed), folder, format=d.impl)
+                except FormatError as err:
+                    raise Skip(f"this spec is not expressible in {d.impl}: {err}") from None
+            return bench.encoder(
+                enc,
+                d.mode,
+                d.batch,
+                d.image_hw,
+                impl=d.impl,
+                peer_folder=folder,
+                device=device,
+                precision=d.precision,
+                compile=d.compile,
+                checkpoint=d.checkpoint,
+                seed=d.seed,
+            )
 
     def _build_train(
         self, bench: Any, spec: S.Spec, device: str

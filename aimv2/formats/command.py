@@ -74,7 +74,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             max_shard_size=args.shard_size,
             overwrite=args.overwrite,
         )
-        det = detect(out, backend=args.backend)
+        det = detect(out)
     except (FormatError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:
         print(f"aimv2 convert: {err}", file=sys.stderr)
         return 2

@@ -75,12 +75,13 @@ class Detected:
         return out
 
 
-def detect(path: PathLike, preset: Any = None, backend: str | None = None) -> Detected:
+def detect(path: PathLike, preset: Any = None) -> Detected:
     """Find what ``path`` holds (format, spec, files) and check every tensor name and shape.
 
     Reads only headers and JSON. ``preset`` (a preset name, ``ModelSpec`` or ``EncoderSpec``)
-    overrides the spec found in the checkpoint; it must then match the tensors. ``backend``
-    picks ``mlx_model.safetensors`` over ``model.safetensors`` when a folder has both.
+    overrides the spec found in the checkpoint; it must then match the tensors. A folder
+    holding both released layouts is read from ``model.safetensors`` (both hold the same
+    weights, and every backend loads either).
 
     Example:
         >>> import tempfile, aimv2
@@ -93,8 +94,7 @@ def detect(path: PathLike, preset: Any = None, backend: str | None = None) -> De
         ('mlx', 1, 'the spec stored in the file')
     """
     path = Path(os.fspath(path))
-    # the backend's name selects the released layout named after it (the 'mlx' format)
-    kind, found, folder = locate(path, prefer=backend)
+    kind, found, folder = locate(path)
     if kind == "checkpoint":
         return _detect_checkpoint(found, preset)
     files, wmap = found

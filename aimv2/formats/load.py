@@ -24,16 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import specs as S
 from ..backend import load_backend
 from .detect import Detected, PathLike, detect
 from .names import combine
 from .writer import DTYPE_CODES, DTYPE_NAMES
 
 __all__ = ["from_pretrained"]
-
-# The smallest module a backend builds: a dry run of its load verb checks a device.
-_PROBE = S.NormSpec(width=1)
 
 
 def from_pretrained(
@@ -54,8 +50,8 @@ def from_pretrained(
     mismatch raises :class:`~aimv2.formats.FormatError` naming the key and both shapes.
     Weights stored as bf16/fp16/fp32 load into ``dtype`` (None: float32; or
     ``"bfloat16"``, ``"float16"``, a ``torch.dtype`` / ``mlx.core.Dtype``). Tensors stream
-    into the module one at a time. ``device`` is a torch device (MLX uses its default
-    device and refuses one).
+    into the module one at a time. ``device``: where the weights go (a torch device;
+    ``"cpu"``/``"gpu"`` for MLX, whose memory is unified: it becomes MLX's default device).
 
     Example:
         >>> import tempfile, aimv2
@@ -69,10 +65,9 @@ def from_pretrained(
     """
     be = load_backend(backend)  # an unknown name or a missing framework fails before any read
     target = _native_dtype(be, dtype)  # so does a dtype the backend cannot hold
-    if device is not None:
-        _check_device(be, target, device)
-    det = detect(path, preset=preset, backend=backend)
-    return be.load_weights(det.spec, _iter_canonical(det), dtype=target, device=device)
+    place = be.native_device(device)  # and a device it cannot place weights on
+    det = detect(path, preset=preset)
+    return be.load_weights(det.spec, _iter_canonical(det), dtype=target, device=place)
 
 
 def _native_dtype(be: ModuleType, dtype: Any) -> Any:
@@ -85,12 +80,6 @@ def _native_dtype(be: ModuleType, dtype: Any) -> Any:
     except TypeError:
         be.native_dtype(dtype)  # refused as spelled too: the backend's error names it
         raise
-
-
-def _check_device(be: ModuleType, dtype: Any, device: Any) -> None:
-    """Load one tiny module onto ``device``: a backend that takes no device, or not this
-    one, refuses here, before any checkpoint file is read."""
-    be.load_weights(_PROBE, [("weight", np.ones(1, np.float32))], dtype=dtype, device=device)
 
 
 def _iter_canonical(det: Detected) -> Iterator[tuple[str, np.ndarray]]:

@@ -109,13 +109,12 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
-def locate(path: Path, prefer: str | None = None) -> tuple[str, Any, Path]:
+def locate(path: Path) -> tuple[str, Any, Path]:
     """What ``path`` names: ``('checkpoint', state_dir, folder)`` for an ``aimv2``
     checkpoint, else ``('files', (files, weight_map or None), folder)``.
 
     A folder holding both released layouts (``model.safetensors`` and
-    ``mlx_model.safetensors``) yields the file of format ``prefer`` (the official one when
-    ``prefer`` names no layout).
+    ``mlx_model.safetensors``: the same weights) yields the official file.
 
     Example:
         >>> import tempfile
@@ -123,8 +122,8 @@ def locate(path: Path, prefer: str | None = None) -> tuple[str, Any, Path]:
         >>> d = Path(tempfile.mkdtemp())
         >>> for name in WEIGHT_FILES.values():
         ...     save_file({"w": np.ones(1, np.float32)}, d / name)
-        >>> locate(d, prefer="mlx")[1][0][0].name
-        'mlx_model.safetensors'
+        >>> locate(d)[1][0][0].name
+        'model.safetensors'
     """
     if not path.exists():
         raise FileNotFoundError(f"path={str(path)!r}: no such file or folder")
@@ -148,7 +147,7 @@ def locate(path: Path, prefer: str | None = None) -> tuple[str, Any, Path]:
         return "files", _index(path / INDEX), path
     standard = [path / name for name in WEIGHT_FILES.values() if (path / name).is_file()]
     if len(standard) == len(WEIGHT_FILES):  # the same weights in both layouts
-        standard = [path / WEIGHT_FILES.get(prefer or "official", WEIGHT_FILES["official"])]
+        standard = [path / WEIGHT_FILES["official"]]
     if not standard:
         standard = sorted(
             p for p in path.glob("*.safetensors") if p.is_file() and not p.name.startswith(".")

@@ -15,7 +15,15 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-__all__ = ["as_array", "to_numpy", "from_numpy", "to_model", "native_dtype", "dtype_name"]
+__all__ = [
+    "as_array",
+    "to_numpy",
+    "from_numpy",
+    "to_model",
+    "native_dtype",
+    "native_device",
+    "dtype_name",
+]
 
 _DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 _ALIASES = {
@@ -98,3 +106,24 @@ def dtype_name(dtype: Any) -> str:
         'float16'
     """
     return _NAMES.get(dtype, str(dtype).removeprefix("mlx.core."))
+
+
+def native_device(device: Any) -> Any:
+    """The ``mx.Device`` for ``"cpu"`` or ``"gpu"``; None stays None. MLX memory is
+    unified, so a device only says where MLX computes.
+
+    Example:
+        >>> native_device("cpu") == mx.cpu
+        True
+        >>> native_device("cuda")
+        Traceback (most recent call last):
+        ...
+        ValueError: device='cuda': MLX devices are 'cpu' and 'gpu'
+    """
+    if device is None or isinstance(device, mx.Device):
+        return device
+    if device == "cpu":
+        return mx.Device(mx.cpu)
+    if device == "gpu":
+        return mx.Device(mx.gpu)
+    raise ValueError(f"device={device!r}: MLX devices are 'cpu' and 'gpu'")

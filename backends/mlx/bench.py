@@ -27,11 +27,15 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-import aimv2
 from aimv2.optim import OptimConfig
 from aimv2.specs import Spec
+from aimv2.weights import init_weights
 
-from . import Trainer, plan_cpu_batch, restore_blas_threads, set_checkpointing
+from .cpu import plan_cpu_batch, restore_blas_threads
+from .registry import build_module
+from .runtime import set_checkpointing
+from .train import Trainer
+from .weights import set_weights
 
 __all__ = [
     "PRELOAD_BLAS",
@@ -121,6 +125,13 @@ def matmul(
     return call, _sync, {"flops": 2 * size**3, "dtype": "float32"}
 
 
+def _built(spec: Spec, seed: int) -> nn.Module:
+    """``spec`` with the initial weights of ``seed`` (as ``aimv2.build`` makes them)."""
+    model = build_module(spec)
+    set_weights(model, init_weights(spec, seed))
+    return model
+
+
 def encoder(
     spec: Spec,
     mode: str,
@@ -128,6 +139,7 @@ def encoder(
     image_hw: tuple[int, int] | None = None,
     *,
     impl: str = "aimv2",
+    peer_folder: str | None = None,
     device: str | None = None,
     precision: str = "fp32",
     compile: bool = False,
@@ -139,16 +151,17 @@ def encoder(
     ``impl`` must be ``aimv2`` (MLX has no other). ``info["params"]``: parameter bytes.
 
     Example:
-        >>> enc = aimv2.presets.get("aimv2-test-tiny").encoder
+        >>> from aimv2 import presets
+        >>> enc = presets.get("aimv2-test-tiny").encoder
         >>> call, sync, info = encoder(enc, "backward", 2, device="cpu")
-        >>> call(), info["params"] == 4 * sum(w.size for w in aimv2.init_weights(enc).values())
+        >>> call(), info["params"] == 4 * sum(w.size for w in init_weights(enc).values())
         (None, True)
     """
     if mode not in ("forward", "backward"):
         raise ValueError(f"mode={mode!r}: expected 'forward' or 'backward'")
     if impl != "aimv2":
         raise NotImplementedError(f"{impl} has no MLX implementation")
-    model = aimv2.build(spec, NAME, seed=seed)
+    model = _built(spec, seed)
     if precision == "bf16":
         model.set_dtype(mx.bfloat16)
     if checkpoint:
@@ -188,8 +201,9 @@ def train_step(
     Raises NotImplementedError for ``precision="bf16"`` (MLX trains in float32).
 
     Example:
+        >>> from aimv2 import presets
         >>> from aimv2.testing import random_batch
-        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> spec = presets.get("aimv2-test-tiny")
         >>> cfg = OptimConfig(lr=1e-4, warmup_steps=0, total_steps=10)
         >>> step, sync, info = train_step(spec, cfg, 2, device="cpu")
         >>> sorted(step([random_batch(spec, 0, batch=2)]))
@@ -197,7 +211,7 @@ def train_step(
     """
     if precision != "fp32":
         raise NotImplementedError("MLX training runs in float32 (precision fp32)")
-    model = aimv2.build(spec, NAME, seed=seed)
+    model = _built(spec, seed)
     if checkpoint:
         set_checkpointing(model)
     trainer = Trainer(model, optim, compile=True)

@@ -98,13 +98,18 @@ class Encoder(nn.Module):
         blocks = [mx.concatenate(outs, axis=0) for outs in per_block]
         return y, blocks
 
-    def encode(self, images: mx.array, m: mx.array | None, return_blocks: bool) -> Any:
-        """The encoder on validated images and prefix lengths ``m`` (B,) or None."""
+    def embed(self, images: mx.array) -> mx.array:
+        """Patch embedding plus positions (B, N, D): the trunk's input (what transformers
+        calls ``hidden_states[0]``)."""
         dtype = tree_flatten(self.preprocessor.patchifier.parameters())[0][1].dtype
-        images = images.astype(dtype)
+        images = as_array(images).astype(dtype)
         p = self.spec.patch_size
         grid = (images.shape[-2] // p, images.shape[-1] // p)
-        x = self.preprocessor(self.preprocessor.patchifier(images), grid=grid)
+        return self.preprocessor(self.preprocessor.patchifier(images), grid=grid)
+
+    def encode(self, images: mx.array, m: mx.array | None, return_blocks: bool) -> Any:
+        """The encoder on validated images and prefix lengths ``m`` (B,) or None."""
+        x = self.embed(images)
         mask = None if m is None else _prefix_mask(m, x.shape[1])
         return self.trunk(x, mask, return_blocks=return_blocks)
 

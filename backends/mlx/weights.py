@@ -24,7 +24,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 from aimv2 import specs as S
 from aimv2.weights import check_weights
 
-from .arrays import dtype_name, native_dtype, to_numpy
+from .arrays import dtype_name, native_device, native_dtype, to_numpy
 from .layout import to_canonical, to_mlx
 from .registry import build_module
 
@@ -71,7 +71,8 @@ def load_weights(
 ) -> nn.Module:
     """Build ``spec`` in ``dtype`` and stream canonical ``(name, array)`` pairs into it one
     at a time (MLX is lazy: the module's own initial values are never computed); every
-    parameter must arrive exactly once. ``device`` must be None (unified memory).
+    parameter must arrive exactly once. ``device`` (``"cpu"``/``"gpu"``; memory is
+    unified) becomes MLX's default device.
 
     Example:
         >>> m = load_weights(S.NormSpec(width=2), [("weight", np.ones(2))], dtype="bfloat16")
@@ -79,7 +80,7 @@ def load_weights(
         mlx.core.bfloat16
     """
     if device is not None:
-        raise ValueError("device: the MLX backend takes no device (its memory is unified)")
+        mx.set_default_device(native_device(device))
     target = native_dtype(dtype)
     module = build_module(spec)
     if target is not None:
@@ -138,11 +139,7 @@ def cast(module: nn.Module, dtype: Any = None, device: Any = None) -> nn.Module:
         mlx.core.float16
     """
     if device is not None:
-        if isinstance(device, str):
-            if device not in ("cpu", "gpu"):
-                raise ValueError(f"device={device!r}: MLX devices are 'cpu' and 'gpu'")
-            device = mx.cpu if device == "cpu" else mx.gpu
-        mx.set_default_device(device)
+        mx.set_default_device(native_device(device))
     if dtype is not None:
         module.set_dtype(native_dtype(dtype))
     return module

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from . import layers as _layers  # noqa: F401 - registers the built-in layers
 from . import models as _models  # noqa: F401 - registers the encoder, decoder and model
-from .arrays import from_numpy, native_dtype, to_model, to_numpy
+from .arrays import from_numpy, native_device, native_dtype, to_model, to_numpy
 from .comm import init_distributed
 from .registry import REGISTRY, build_module, is_module, realizes
 from .runtime import (
@@ -56,6 +56,7 @@ __all__ = [
     "is_module",
     "load_weights",
     "loss_and_grads",
+    "native_device",
     "native_dtype",
     "output_and_grads",
     "pretrain_loss",

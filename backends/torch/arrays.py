@@ -14,7 +14,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["as_tensor", "to_numpy", "from_numpy", "to_model", "native_dtype", "dtype_name"]
+__all__ = [
+    "as_tensor",
+    "to_numpy",
+    "from_numpy",
+    "to_model",
+    "native_dtype",
+    "native_device",
+    "dtype_name",
+]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -104,3 +112,22 @@ def dtype_name(dtype: torch.dtype) -> str:
         'float16'
     """
     return _NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+def native_device(device: Any) -> Any:
+    """The ``torch.device`` for a device name (``"cpu"``, ``"cuda:1"``…); None stays None.
+
+    Example:
+        >>> native_device("cpu")
+        device(type='cpu')
+        >>> native_device("tpu")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: device='tpu': ...
+    """
+    if device is None or isinstance(device, torch.device):
+        return device
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device={device!r}: {err}") from None

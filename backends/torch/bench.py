@@ -27,12 +27,16 @@ from typing import Any
 
 import torch
 
-import aimv2
 from aimv2.optim import OptimConfig
 from aimv2.specs import EncoderSpec, Spec
+from aimv2.weights import init_weights
 
-from . import Trainer, set_checkpointing, tune_cpu_allocator
+from .cpu import tune_cpu_allocator
 from .peers import PEERS, forward_of, load_peer, max_abs_diff
+from .registry import build_module
+from .runtime import set_checkpointing
+from .train import Trainer
+from .weights import set_weights
 
 __all__ = [
     "PRELOAD_BLAS",
@@ -125,6 +129,7 @@ def encoder(
     image_hw: tuple[int, int] | None = None,
     *,
     impl: str = "aimv2",
+    peer_folder: str | None = None,
     device: str | None = None,
     precision: str = "fp32",
     compile: bool = False,
@@ -136,17 +141,18 @@ def encoder(
     the same weights, checked on one image). ``info["params"]``: parameter bytes.
 
     Example:
-        >>> enc = aimv2.presets.get("aimv2-test-tiny").encoder
+        >>> from aimv2 import presets
+        >>> enc = presets.get("aimv2-test-tiny").encoder
         >>> call, sync, info = encoder(enc, "forward", 2, device="cpu")
         >>> tuple(call().shape), info["params"] == 4 * sum(
-        ...     w.size for w in aimv2.init_weights(enc).values())
+        ...     w.size for w in init_weights(enc).values())
         ((2, 16, 32), True)
     """
     if mode not in ("forward", "backward"):
         raise ValueError(f"mode={mode!r}: expected 'forward' or 'backward'")
     dev = _device(device)
     x = torch.randn(batch, spec.in_channels, *(image_hw or spec.image_size), device=dev)
-    model, info = _encoder_model(spec, impl, checkpoint, seed)
+    model, info = _encoder_model(spec, impl, peer_folder, checkpoint, seed)
     model = model.to(dev).train(mode != "forward")
     fwd = forward_of(impl, torch.compile(model) if compile else model)
     autocast = _autocast(precision, dev)
@@ -185,15 +191,16 @@ def train_step(
     parameters and the two AdamW moments, in bytes.
 
     Example:
+        >>> from aimv2 import presets
         >>> from aimv2.testing import random_batch
-        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> spec = presets.get("aimv2-test-tiny")
         >>> cfg = OptimConfig(lr=1e-4, warmup_steps=0, total_steps=10)
         >>> step, sync, info = train_step(spec, cfg, 2, device="cpu")
         >>> sorted(step([random_batch(spec, 0, batch=2)]))
         ['grad_norm', 'loss', 'pixel_loss', 'text_loss']
     """
     dev = _device(device)
-    model = aimv2.build(spec, NAME, seed=seed).to(dev)
+    model = _built(spec, seed).to(dev)
     if checkpoint:
         set_checkpointing(model)
     autocast = "bf16" if precision == "bf16" else None
@@ -235,10 +242,17 @@ def peak_memory(call: Callable[[], Any], device: str | None = None) -> int | Non
     return max(0, _proc_status().get("VmHWM", before) - before)
 
 
+def _built(spec: Spec, seed: int) -> torch.nn.Module:
+    """``spec`` with the initial weights of ``seed`` (as ``aimv2.build`` makes them)."""
+    model = build_module(spec)
+    set_weights(model, init_weights(spec, seed))
+    return model
+
+
 def _encoder_model(
-    spec: EncoderSpec, impl: str, checkpoint: bool, seed: int
+    spec: EncoderSpec, impl: str, peer_folder: str | None, checkpoint: bool, seed: int
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
-    ours = aimv2.build(spec, NAME, seed=seed)
+    ours = _built(spec, seed)
     if impl == "aimv2":
         if checkpoint:
             set_checkpointing(ours)
@@ -247,7 +261,9 @@ def _encoder_model(
         raise NotImplementedError(
             "activation checkpointing is an aimv2 option; peers run without it"
         )
-    model, note = load_peer(impl, ours)
+    if peer_folder is None:
+        raise NotImplementedError(f"{impl}: no exported folder to load it from")
+    model, note = load_peer(impl, peer_folder)
     err = max_abs_diff(ours, model, impl, spec, seed)
     if not err < 1e-3:
         raise NotImplementedError(f"outputs differ from aimv2's by {err:.2e}: not the same model")

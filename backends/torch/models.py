@@ -116,13 +116,18 @@ class Encoder(nn.Module):
             m = _prefix_values(prefix_len, images.shape[0], n, images.device, check)
         return self.encode(images, m, return_blocks)
 
-    def encode(self, images: torch.Tensor, m: torch.Tensor | None, return_blocks: bool) -> Any:
-        """The encoder on validated images and prefix lengths ``m`` (B,) or None."""
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embedding plus positions (B, N, D): the trunk's input (what transformers
+        calls ``hidden_states[0]``)."""
         dtype = next(self.preprocessor.patchifier.parameters()).dtype
-        images = images.to(dtype=dtype)
+        images = as_tensor(images).to(dtype=dtype)
         p = self.spec.patch_size
         grid = (images.shape[-2] // p, images.shape[-1] // p)
-        x = self.preprocessor(self.preprocessor.patchifier(images), grid=grid)
+        return self.preprocessor(self.preprocessor.patchifier(images), grid=grid)
+
+    def encode(self, images: torch.Tensor, m: torch.Tensor | None, return_blocks: bool) -> Any:
+        """The encoder on validated images and prefix lengths ``m`` (B,) or None."""
+        x = self.embed(images)
         mask = None if m is None else _prefix_mask(m, x.shape[1])
         return self.trunk(x, mask, return_blocks=return_blocks)
 

@@ -1,7 +1,8 @@
 """The other AIMv2 implementations on torch that ``aimv2 bench --compare`` times:
 ``transformers``' ``Aimv2VisionModel`` and ``timm``'s AIMv2 ``VisionTransformer``,
 each loaded the way a user loads it from this library's own export
-(:func:`aimv2.save_pretrained`), so it holds exactly aimv2's weights.
+(:func:`aimv2.save_pretrained`, done by the bench driver), so it holds exactly aimv2's
+weights.
 
 timm imports torchvision at import time (data transforms, ``FrozenBatchNorm2d``), and
 PyPI's torchvision does not load beside the CPU torch wheel. timm's ViT code never
@@ -11,11 +12,12 @@ runs timm and nothing that would use torchvision (the bench's timm worker, a tes
 subprocess).
 
 Example:
-    >>> import aimv2
+    >>> import aimv2, tempfile
     >>> spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4, image_size=8,
     ...                           mlp_hidden=64)
     >>> ours = aimv2.build(spec, "torch")
-    >>> peer, note = load_peer("transformers", ours)
+    >>> folder = aimv2.save_pretrained(ours, tempfile.mkdtemp() + "/peer", format="transformers")
+    >>> peer, note = load_peer("transformers", folder)
     >>> max_abs_diff(ours, peer, "transformers", spec) < 1e-5
     True
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 import importlib.abc
 import importlib.machinery
 import sys
-import tempfile
 import types
 from collections.abc import Callable
 from importlib import metadata
@@ -35,7 +36,6 @@ from typing import Any
 import torch
 from torch import nn
 
-import aimv2
 from aimv2 import specs as S
 
 __all__ = ["PEERS", "import_timm", "load_peer", "forward_of", "max_abs_diff"]
@@ -111,12 +111,13 @@ def import_timm(stand_in: bool = True) -> tuple[Any, bool]:
     return timm, True
 
 
-def load_peer(impl: str, ours: nn.Module) -> tuple[nn.Module, str]:
-    """``(model, note)``: the peer ``impl`` (one of :data:`PEERS`) holding the weights of
-    ``ours`` (an aimv2 torch encoder), loaded from ``ours``'s export in ``impl``'s format.
+def load_peer(impl: str, folder: str | Path) -> tuple[nn.Module, str]:
+    """``(model, note)``: the peer ``impl`` (one of :data:`PEERS`) loaded from ``folder``,
+    an export of aimv2's weights in ``impl``'s format
+    (``aimv2.save_pretrained(model, folder, format=impl)``) — the way its users load it.
 
-    Raises NotImplementedError, saying why, when ``impl`` is unknown, does not import
-    here, or cannot express the spec of ``ours``.
+    Raises NotImplementedError, saying why, when ``impl`` is unknown or does not import
+    here.
 
     Example:
         >>> load_peer("jax", None)
@@ -135,18 +136,13 @@ def load_peer(impl: str, ours: nn.Module) -> tuple[nn.Module, str]:
         raise NotImplementedError(
             f"{impl} does not import here: {type(err).__name__}: {err}"
         ) from None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            folder = aimv2.save_pretrained(ours, Path(tmp) / "peer", format=impl)
-        except aimv2.FormatError as err:
-            raise NotImplementedError(f"this spec is not expressible in {impl}: {err}") from None
-        if impl == "transformers":
-            from transformers.utils import logging as hf_logging
+    if impl == "transformers":
+        from transformers.utils import logging as hf_logging
 
-            hf_logging.disable_progress_bar()  # the bench's output is the report
-            model = Aimv2VisionModel.from_pretrained(folder, attn_implementation="sdpa")
-            return model, f"transformers {_version('transformers')} Aimv2VisionModel, sdpa"
-        model = timm.create_model(f"local-dir:{folder}", pretrained=True)
+        hf_logging.disable_progress_bar()  # the bench's output is the report
+        model = Aimv2VisionModel.from_pretrained(str(folder), attn_implementation="sdpa")
+        return model, f"transformers {_version('transformers')} Aimv2VisionModel, sdpa"
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True)
     note = f"timm {_version('timm')} VisionTransformer (AIMv2 config)"
     if stubbed:
         note += "; imported with stand-in torchvision modules (it never calls them)"

@@ -22,7 +22,7 @@ from torch import nn
 from aimv2 import specs as S
 from aimv2.weights import check_weights
 
-from .arrays import dtype_name, native_dtype, to_numpy
+from .arrays import dtype_name, native_device, native_dtype, to_numpy
 from .registry import REGISTRY, build
 
 __all__ = ["get_weights", "set_weights", "load_weights", "weight_dtypes", "get_weight", "cast"]
@@ -82,7 +82,7 @@ def load_weights(
         module = build(spec)
     if target is not None:
         module = module.to(dtype=target)
-    module = module.to_empty(device=device if device is not None else "cpu")
+    module = module.to_empty(device=native_device(device) or "cpu")
     params = dict(module.named_parameters())
     seen: set[str] = set()
     with torch.no_grad():
@@ -132,4 +132,4 @@ def cast(module: nn.Module, dtype: Any = None, device: Any = None) -> nn.Module:
         >>> cast(build_module(S.NormSpec(width=2)), dtype="float64").weight.dtype
         torch.float64
     """
-    return module.to(device=device, dtype=native_dtype(dtype))
+    return module.to(device=native_device(device), dtype=native_dtype(dtype))
