@@ -19,6 +19,10 @@ from types import ModuleType
 import pytest
 from _pytest.doctest import DoctestModule
 
+# the ``backend`` fixture: each test taking it runs once per backend, skipping a missing
+# framework (pytest_plugins belongs in the root conftest)
+pytest_plugins = ["aimv2.testing.pytest_plugin"]
+
 ROOT = Path(__file__).parent
 # folder on disk -> package name once installed (pyproject's [tool.setuptools] package-dir)
 PACKAGES = {"aimv2": "aimv2", "backends": "aimv2.backends", "reference": "aimv2.reference"}

@@ -34,6 +34,8 @@ __all__ = [
     "Backend",
     "Trainer",
     "Communicator",
+    "BenchBackend",
+    "BENCH_NAMES",
     "LossFn",
     "DTYPE_NAMES",
     "BACKEND_NAMES",
@@ -204,7 +206,7 @@ class Backend(Protocol):
         """The device a run uses when none is named (``"cuda"``/``"gpu"`` if present)."""
         ...
 
-    def set_checkpointing(self, module: Any, enabled: bool = True) -> int:
+    def set_checkpointing(self, model: Any, enabled: bool = True) -> int:
         """Activation checkpointing on (or off) for every block stack; how many switched."""
         ...
 
@@ -342,3 +344,6 @@ class BenchBackend(Protocol):
     def peak_memory(self, call: Callable[[], Any], device: str | None = None) -> int | None:
         """Run ``call`` once; the bytes it needed on top of what was live (None: unknown)."""
         ...
+
+
+BENCH_NAMES = tuple(members(BenchBackend))
