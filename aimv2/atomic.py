@@ -31,18 +31,12 @@ __all__ = [
     "write_bytes",
     "write_text",
     "write_json",
-    "fsync_dir",
     "remove_stale",
 ]
 
 
-def fsync_dir(path: str | os.PathLike) -> None:
-    """Persist the entries (renames) of folder ``path``; best effort where unsupported.
-
-    Example:
-        >>> import tempfile
-        >>> fsync_dir(tempfile.gettempdir())
-    """
+def _fsync_dir(path: str | os.PathLike) -> None:
+    """Persist the entries (renames) of folder ``path``; best effort where unsupported."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -91,7 +85,7 @@ def atomic_file(path: str | os.PathLike, mode: int | None = None) -> Iterator[Pa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(final.parent)
+    _fsync_dir(final.parent)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -179,7 +173,7 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = True) -> Iterat
             if child.is_file():
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
-        fsync_dir(tmp)
+        _fsync_dir(tmp)
         os.chmod(tmp, 0o755)
         if final.exists():
             if not replace:
@@ -194,4 +188,4 @@ def atomic_directory(path: str | os.PathLike, *, replace: bool = True) -> Iterat
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(final.parent)
+    _fsync_dir(final.parent)

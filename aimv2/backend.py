@@ -156,5 +156,7 @@ def set_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
         >>> import aimv2, numpy as np
         >>> m = aimv2.build(aimv2.specs.NormSpec(width=4), backend="torch")
         >>> aimv2.set_weights(m, {"weight": np.full(4, 2.0, np.float32)})
+        >>> aimv2.get_weights(m)["weight"].tolist()
+        [2.0, 2.0, 2.0, 2.0]
     """
     backend_of(model).set_weights(model, weights)

@@ -61,8 +61,14 @@ _NAMES = (
     "libmkl_rt.so.2",
     "libmkl_rt.so",
 )
-_SUBDIRS = ("", "openblas-pthread", "openblas-openmp", "openblas-serial", "blis-pthread",
-            "blis-openmp")  # fmt: skip
+_SUBDIRS = (
+    "",
+    "openblas-pthread",
+    "openblas-openmp",
+    "openblas-serial",
+    "blis-pthread",
+    "blis-openmp",
+)
 
 
 def exports_symbol(path: str | os.PathLike, symbol: str = "cblas_sgemm") -> bool:
@@ -125,8 +131,13 @@ def candidate_paths(env: Mapping[str, str] | None = None) -> list[Path]:
         True
     """
     env = os.environ if env is None else env
-    roots = [Path("/usr/lib") / _multiarch(), Path("/usr/lib64"), Path("/usr/lib"),
-             Path("/usr/local/lib"), Path("/opt/OpenBLAS/lib")]  # fmt: skip
+    roots = [
+        Path("/usr/lib") / _multiarch(),
+        Path("/usr/lib64"),
+        Path("/usr/lib"),
+        Path("/usr/local/lib"),
+        Path("/opt/OpenBLAS/lib"),
+    ]
     if env.get("CONDA_PREFIX"):
         roots.insert(0, Path(env["CONDA_PREFIX"]) / "lib")
     return [root / sub / name for root in roots for sub in _SUBDIRS for name in _NAMES]
@@ -371,8 +382,11 @@ def without_preload(env: Mapping[str, str] | None = None) -> dict[str, str]:
         '/y/libfoo.so'
     """
     env = dict(os.environ if env is None else env)
-    kept = [p for p in env.get("LD_PRELOAD", "").replace(":", " ").split()
-            if not _is_optimized_name(Path(p).name)]  # fmt: skip
+    kept = [
+        p
+        for p in env.get("LD_PRELOAD", "").replace(":", " ").split()
+        if not _is_optimized_name(Path(p).name)
+    ]
     if kept:
         env["LD_PRELOAD"] = " ".join(kept)
     else:

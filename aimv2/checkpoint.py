@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from . import atomic
 from . import specs as S
 from .safetensors import load_file, save_file
 from .weights import WeightsError, check_weights
@@ -73,24 +74,6 @@ class Checkpoint:
         return int(self.state.get("step", 0))
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def directory(out_dir: str | os.PathLike, step: int) -> Path:
     """Where the checkpoint of ``step`` lives under ``out_dir`` (written or not).
 
@@ -121,32 +104,24 @@ def save(
     check_weights(spec, weights, where="checkpoint weights")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".ckpt-*.tmp*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for leftover in (".ckpt-*.tmp*", ".ckpt-*.old*"):  # of a run killed mid-save
+        atomic.remove_stale(out, leftover)
     final = directory(out, step)
-    tmp = out / f".ckpt-{int(step):08d}.tmp{os.getpid()}"
-    tmp.mkdir()
-    try:
-        save_file({k: np.asarray(v, np.float32) for k, v in weights.items()},
-                  tmp / "model.safetensors", metadata={"format": FORMAT})  # fmt: skip
+    with atomic.atomic_directory(final) as tmp:
+        save_file(
+            {k: np.asarray(v, np.float32) for k, v in weights.items()},
+            tmp / "model.safetensors",
+            metadata={"format": FORMAT},
+        )
         if optimizer is not None:
-            save_file({k: np.asarray(v, np.float32) for k, v in optimizer.items()},
-                      tmp / "optimizer.safetensors", metadata={"format": FORMAT})  # fmt: skip
+            save_file(
+                {k: np.asarray(v, np.float32) for k, v in optimizer.items()},
+                tmp / "optimizer.safetensors",
+                metadata={"format": FORMAT},
+            )
         body = {"format": FORMAT, "version": 1, "spec": spec.to_dict(), "step": int(step)}
         body.update(state or {})
-        _write_json(tmp / "state.json", body)
-        _fsync_dir(tmp)
-        if final.exists():
-            old = out / f".ckpt-{int(step):08d}.tmp-old{os.getpid()}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-        _fsync_dir(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        atomic.write_json(tmp / "state.json", body, sort_keys=True)
     if keep is not None and keep > 0:
         for old in complete(out)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -210,7 +185,12 @@ def load(path: str | os.PathLike, spec: S.Spec | None = None, optimizer: bool = 
         raise CheckpointError(
             f"checkpoint {str(path)!r}: format {state.get('format')!r} is not {FORMAT!r}"
         )
-    saved = S.from_dict(state["spec"])
+    try:
+        saved = S.from_dict(state["spec"])
+    except S.SpecError as err:  # e.g. a user component whose module is not imported
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: its spec cannot be rebuilt: {err}"
+        ) from None
     if spec is not None and saved != spec:
         raise CheckpointError(
             f"checkpoint {str(path)!r} holds a different spec than this run "

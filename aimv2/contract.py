@@ -141,6 +141,11 @@ class Backend(Protocol):
         """The native module realizing ``spec`` (weights not yet set)."""
         ...
 
+    def build_part(self, spec: Spec) -> Any:
+        """The module of a part, inside a composite's constructor (any registered
+        component of the slot's role)."""
+        ...
+
     def is_module(self, obj: Any) -> bool:
         """True for a module this backend built."""
         ...

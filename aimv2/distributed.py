@@ -126,17 +126,26 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> Launch | None:
     """
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
-        return Launch("torchrun", _env_int(env, "RANK"), _env_int(env, "WORLD_SIZE"),
-                      _env_int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0)  # fmt: skip
+        return Launch(
+            "torchrun",
+            _env_int(env, "RANK"),
+            _env_int(env, "WORLD_SIZE"),
+            _env_int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
+        )
     if "MLX_RANK" in env:
         size = _env_int(env, "MLX_WORLD_SIZE") if "MLX_WORLD_SIZE" in env else None
         return Launch("mlx.launch", _env_int(env, "MLX_RANK"), size)
-    for prefix, local in (("OMPI_COMM_WORLD_", "OMPI_COMM_WORLD_LOCAL_RANK"),
-                          ("PMI_", "MPI_LOCALRANKID")):  # fmt: skip
+    for prefix, local in (
+        ("OMPI_COMM_WORLD_", "OMPI_COMM_WORLD_LOCAL_RANK"),
+        ("PMI_", "MPI_LOCALRANKID"),
+    ):
         if f"{prefix}RANK" in env and f"{prefix}SIZE" in env:
-            return Launch("mpirun", _env_int(env, f"{prefix}RANK"),
-                          _env_int(env, f"{prefix}SIZE"),
-                          _env_int(env, local) if local in env else 0)  # fmt: skip
+            return Launch(
+                "mpirun",
+                _env_int(env, f"{prefix}RANK"),
+                _env_int(env, f"{prefix}SIZE"),
+                _env_int(env, local) if local in env else 0,
+            )
     return None
 
 
@@ -145,13 +154,16 @@ class Watchdog:
 
     MLX's ring backend waits forever on a peer that stopped answering without closing
     its sockets (torch's gloo and NCCL honour ``init_process_group(timeout=...)``
-    instead, so torch runs do not use it). The process exits with :data:`EXIT_TIMEOUT`
-    after a message on stderr, and the launcher then stops the other ranks.
+    instead, so torch runs use it only while joining the group). The process exits with
+    :data:`EXIT_TIMEOUT` after a message on stderr, and the launcher then stops the
+    other ranks. A section that finishes in time leaves no trace.
 
     Example:
         >>> dog = Watchdog(60.0, "[rank 0/2] ")
         >>> with dog.guard("all_sum"):
-        ...     pass
+        ...     total = 1 + 1
+        >>> total, dog._since is None  # done in time: nothing pending
+        (2, True)
     """
 
     def __init__(self, timeout_s: float, tag: str = "") -> None:
@@ -168,8 +180,9 @@ class Watchdog:
         """Run the body under the timeout (re-entrant calls keep the outer deadline)."""
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._watch, name="aimv2-watchdog",
-                                                daemon=True)  # fmt: skip
+                self._thread = threading.Thread(
+                    target=self._watch, name="aimv2-watchdog", daemon=True
+                )
                 self._thread.start()
         outer = self._since is not None
         if not outer:
@@ -258,8 +271,11 @@ class World:
         """Context manager: the body (a collective) must finish within the timeout.
 
         Example:
-            >>> with World().guard("nothing"):
+            >>> w = World()
+            >>> with w.guard("nothing"):  # one process: no collective, no watchdog
             ...     pass
+            >>> w.watchdog is None
+            True
         """
         return self.watchdog.guard(what) if self.watchdog else contextlib.nullcontext()
 
@@ -306,7 +322,10 @@ class World:
         """Hand ``err`` to the launcher's error reporting (torchrun's error file).
 
         Example:
-            >>> World().record_failure(ValueError("x"))
+            >>> w = World()
+            >>> w.record_failure(ValueError("x"))  # one process: nothing to hand it to
+            >>> w.comm is None
+            True
         """
         if self.comm is not None and hasattr(self.comm, "record_failure"):
             self.comm.record_failure(err)
@@ -384,15 +403,19 @@ def plan_update(batch_size: int, accumulate: int, world_size: int, rank: int) ->
         ...
         ValueError: --batch-size 6: the global batch must split evenly over 4 ranks
     """
-    for name, v in (("--batch-size", batch_size), ("--accumulate", accumulate),
-                    ("world size", world_size)):  # fmt: skip
+    for name, v in (
+        ("--batch-size", batch_size),
+        ("--accumulate", accumulate),
+        ("world size", world_size),
+    ):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} {v!r}: expected a positive integer")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank}: expected 0 <= rank < {world_size}")
     if batch_size % accumulate:
-        raise ValueError(f"--batch-size {batch_size}: expected a multiple of --accumulate "
-                         f"{accumulate}")  # fmt: skip
+        raise ValueError(
+            f"--batch-size {batch_size}: expected a multiple of --accumulate {accumulate}"
+        )
     if batch_size % world_size:
         raise ValueError(
             f"--batch-size {batch_size}: the global batch must split evenly over {world_size} ranks"

@@ -6,7 +6,10 @@ same message before any framework kernel sees it.
 
 Example:
     >>> from aimv2 import inputs
-    >>> inputs.check_tokens((2, 5), "i", 0, 9, batch=2, vocab_size=10, context_length=77)
+    >>> inputs.check_tokens((2, 5), "i", 0, 10, batch=2, vocab_size=10, context_length=77)
+    Traceback (most recent call last):
+    ...
+    ValueError: tokens: token ids must be < vocab_size=10, got 10
 """
 
 from __future__ import annotations
@@ -62,7 +65,11 @@ def check_features(shape: tuple[int, ...], width: int, name: str = "features") -
     """Check a (B, N, width) feature batch.
 
     Example:
-        >>> check_features((2, 3, 8), 8)
+        >>> check_features((2, 3, 8), 8)  # fine: returns quietly
+        >>> check_features((2, 8), 8)
+        Traceback (most recent call last):
+        ...
+        ValueError: features: expected shape (B, N, 8), got (2, 8)
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or shape[-1] != width:
@@ -75,8 +82,13 @@ def check_pretrain_batch(spec: Any, batch: Mapping[str, Any]) -> None:
     Example:
         >>> import numpy as np, aimv2
         >>> spec = aimv2.presets.get("aimv2-test-tiny")
-        >>> check_pretrain_batch(spec, {"images": np.zeros((1, 3, 16, 16), np.float32),
-        ...                             "tokens": np.ones((1, 4), np.int64), "prefix_len": [3]})
+        >>> batch = {"images": np.zeros((1, 3, 16, 16), np.float32),
+        ...          "tokens": np.ones((1, 4), np.int64), "prefix_len": [3]}
+        >>> check_pretrain_batch(spec, batch)  # fine: returns quietly
+        >>> check_pretrain_batch(spec, {**batch, "prefix_len": [16]})
+        Traceback (most recent call last):
+        ...
+        ValueError: prefix_len: every value must lie in 1..15 (N-1 for N=16 patches), got [16]
     """
     from .masks import check_prefix_len
 

@@ -164,18 +164,21 @@ def _small(
 
 
 def _register_small() -> None:
+    # A table: encoder sizes on the first line of each call, decoder sizes on the second.
+    # fmt: off
     # For unit tests: everything tiny, runs in milliseconds on a CPU.
     _small(
         "aimv2-test-tiny",
         width=32, depth=2, heads=2, patch=4, image=16, mlp=64,
         dec_width=32, dec_depth=2, dec_heads=2, vocab=64, context=16,
-    )  # fmt: skip
+    )
     # For examples and the built-in pre-training job (16 px images, 16 patches).
     _small(
         "aimv2-small-patch4-16",
         width=128, depth=4, heads=4, patch=4, image=16, mlp=256,
         dec_width=128, dec_depth=2, dec_heads=4, vocab=512, context=24,
-    )  # fmt: skip
+    )
+    # fmt: on
 
 
 _register_released()

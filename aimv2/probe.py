@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from . import atomic
 from . import specs as S
 from .backend import backend_of, build, get_weights, load_backend
 from .optim import OptimConfig, lr_at
@@ -166,9 +167,8 @@ def source_features(
         )
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, features=f, labels=y)
-        os.replace(tmp, path)
+        with atomic.atomic_file(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, features=f, labels=y)
     return f, y
 
 
@@ -285,8 +285,12 @@ def probe_encoder(
     if cfg.normalize:
         tr_x, te_x = standardize(tr_x, te_x)
     num_classes = int(max(tr_y.max(), te_y.max())) + 1
-    out: dict[str, Any] = {"num_classes": num_classes, "train_size": len(tr_y),
-                           "heldout_size": len(te_y), "config": asdict(cfg)}  # fmt: skip
+    out: dict[str, Any] = {
+        "num_classes": num_classes,
+        "train_size": len(tr_y),
+        "heldout_size": len(te_y),
+        "config": asdict(cfg),
+    }
     for kind in kinds:
         res = fit_and_score(tr_x, tr_y, te_x, te_y, kind, backend, cfg, num_classes)
         out[kind] = {"train": res["train"], "heldout": res["heldout"]}
@@ -301,8 +305,7 @@ def _splits(encoder: Any, data: str, cfg: ProbeConfig, cache_dir: Any) -> tuple:
         heldout = open_source(data, split="heldout", seed=cfg.seed)
     except ValueError:
         every = open_source(data, split="all", seed=cfg.seed)
-        x, y = source_features(encoder, every, split="all", blocks=cfg.blocks,
-                               cache_dir=cache_dir)  # fmt: skip
+        x, y = source_features(encoder, every, split="all", blocks=cfg.blocks, cache_dir=cache_dir)
         order = np.random.default_rng(0).permutation(len(y))
         cut = int(0.8 * len(y))
         return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
@@ -323,8 +326,9 @@ def raw_pixel_features(data: str, spec: S.EncoderSpec, split: str) -> tuple[np.n
     """
     from .data import Loader, open_source
 
-    loader = Loader(open_source(data, split=split), spec, None, 256, seed=0, train=False,
-                    num_workers=0)  # fmt: skip
+    loader = Loader(
+        open_source(data, split=split), spec, None, 256, seed=0, train=False, num_workers=0
+    )
     xs, ys = [], []
     for batch in loader:
         xs.append(batch["images"].reshape(len(batch["images"]), 1, -1))

@@ -18,12 +18,11 @@ Example:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-from . import checkpoint
+from . import atomic, checkpoint
 from .backend import build
 from .probe import ProbeConfig, fit_and_score, probe_encoder, raw_pixel_features, standardize
 from .training import PretrainConfig, pretrain
@@ -51,11 +50,21 @@ def run(
     t0 = time.perf_counter()
     out_dir = Path(out)
     run_dir = out_dir / "pretrain"
-    cfg = PretrainConfig(out=str(run_dir), preset=PRESET, data=DATA, backend=backend,
-                         steps=steps, batch_size=batch_size, seed=seed, hflip=False,
-                         crop_scale=(0.6, 1.0), save_every=max(steps // 4, 1),
-                         log_every=max(steps // 100, 1), progress=progress,
-                         resume=checkpoint.latest(run_dir) is not None)  # fmt: skip
+    cfg = PretrainConfig(
+        out=str(run_dir),
+        preset=PRESET,
+        data=DATA,
+        backend=backend,
+        steps=steps,
+        batch_size=batch_size,
+        seed=seed,
+        hflip=False,
+        crop_scale=(0.6, 1.0),
+        save_every=max(steps // 4, 1),
+        log_every=max(steps // 100, 1),
+        progress=progress,
+        resume=checkpoint.latest(run_dir) is not None,
+    )
     trained = pretrain(cfg)
     t_pre = time.perf_counter() - t0
     ck = checkpoint.load(checkpoint.latest(run_dir))
@@ -63,10 +72,12 @@ def run(
     pcfg = ProbeConfig(epochs=probe_epochs, seed=seed)
     cache = out_dir / "features"
     probes: dict[str, Any] = {}
-    probes["pretrained"] = probe_encoder(build(enc_spec, backend, weights=enc_w), DATA, backend,
-                                         pcfg, cache_dir=cache)  # fmt: skip
-    probes["random_init"] = probe_encoder(build(enc_spec, backend, seed=seed), DATA, backend,
-                                          pcfg, cache_dir=cache)  # fmt: skip
+    probes["pretrained"] = probe_encoder(
+        build(enc_spec, backend, weights=enc_w), DATA, backend, pcfg, cache_dir=cache
+    )
+    probes["random_init"] = probe_encoder(
+        build(enc_spec, backend, seed=seed), DATA, backend, pcfg, cache_dir=cache
+    )
     tx, ty = raw_pixel_features(DATA, enc_spec, "train")
     vx, vy = raw_pixel_features(DATA, enc_spec, "heldout")
     tx, vx = standardize(tx, vx)
@@ -92,13 +103,13 @@ def run(
         "probes": {
             k: {kind: v[kind] for kind in ("attentive", "linear") if kind in v}
             for k, v in probes.items()
-        },  # fmt: skip
+        },
         "pretrain_s": t_pre,
         "wall_s": time.perf_counter() - t0,
         "loss_plot": plot,
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (out_dir / "report.md").write_text(format_report(report))
+    atomic.write_json(out_dir / "report.json", report)
+    atomic.write_text(out_dir / "report.md", format_report(report))
     return report
 
 
@@ -122,8 +133,11 @@ def format_report(r: dict[str, Any]) -> str:
         "| encoder | attentive probe (held-out) | linear probe (held-out) | train (att. / lin.) |",
         "|---|---|---|---|",
     ]
-    names = {"pretrained": "AIMv2 pre-trained", "random_init": "same architecture, random init",
-             "raw_pixels": "raw pixels (no encoder)"}  # fmt: skip
+    names = {
+        "pretrained": "AIMv2 pre-trained",
+        "random_init": "same architecture, random init",
+        "raw_pixels": "raw pixels (no encoder)",
+    }
     for key, label in names.items():
         p = r["probes"].get(key, {})
         att, lin = p.get("attentive", {}), p.get("linear", {})
@@ -133,8 +147,11 @@ def format_report(r: dict[str, Any]) -> str:
         )
     fl = r.get("final_loss", {})
     if fl.get("loss") is not None:
-        lines += ["", f"Final training loss {fl['loss']:.4f} (pixel {fl['pixel_loss']:.4f}, "
-                      f"text {fl['text_loss']:.4f})."]  # fmt: skip
+        lines += [
+            "",
+            f"Final training loss {fl['loss']:.4f} (pixel {fl['pixel_loss']:.4f}, "
+            f"text {fl['text_loss']:.4f}).",
+        ]
     if r.get("heldout_caption_loss") is not None:
         lines.append(
             f"Held-out caption loss {r['heldout_caption_loss']:.4f} with the image vs "

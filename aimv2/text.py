@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
+from . import atomic
 from .data import builtin_captions
 
 __all__ = ["PAD_ID", "UNK_ID", "EOS_ID", "Tokenizer", "builtin_tokenizer", "cache_dir"]
@@ -38,19 +38,6 @@ PAD_ID = 0
 UNK_ID = 1
 EOS_ID = 2
 MODEL_TYPES = ("unigram", "bpe")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _clean(caption: str) -> str:
@@ -205,7 +192,7 @@ class Tokenizer:
             ) from None
         data = proto.getvalue()
         path = Path(out).expanduser()
-        _write_atomic(path, data)
+        atomic.write_bytes(path, data)
         return cls.from_bytes(data, source=os.fspath(path))
 
     # -- properties

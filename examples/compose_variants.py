@@ -25,8 +25,16 @@ def variants() -> dict[str, specs.ModelSpec]:
         attn=dec.block.attn,
         mlp=specs.FeedForwardSpec(dec.width, 4 * dec.width, type="gelu"),
     )
-    encoder_ln = aimv2.encoder_spec(width=32, depth=2, heads=2, patch_size=4, image_size=16,
-                                    mlp_hidden=128, norm="layer", ffn="gelu")  # fmt: skip
+    encoder_ln = aimv2.encoder_spec(
+        width=32,
+        depth=2,
+        heads=2,
+        patch_size=4,
+        image_size=16,
+        mlp_hidden=128,
+        norm="layer",
+        ffn="gelu",
+    )
     return {
         "aimv2 (pixel + caption, prefix)": base,
         "pixel only (AIMv1-style)": base.replace(text=specs.TextObjectiveSpec(weight=0.0)),
@@ -64,8 +72,9 @@ def main() -> None:
             be = aimv2.load_backend(backend)
             model = aimv2.build(spec, backend, seed=0)
             t = time.perf_counter()
-            losses, _ = be.loss_and_grads(model, batch["images"], batch["tokens"],
-                                          batch["prefix_len"])  # fmt: skip
+            losses, _ = be.loss_and_grads(
+                model, batch["images"], batch["tokens"], batch["prefix_len"]
+            )
             ms = 1e3 * (time.perf_counter() - t)
             parts.append(f"{backend}: loss {losses['loss']:.4f} ({ms:.0f} ms fwd+bwd)")
         n = sum(int(np.prod(v.shape)) for v in aimv2.weights.parameters(spec).values())

@@ -27,8 +27,9 @@ from aimv2 import data, formats, testing
 
 def make_demo_folder(root: Path) -> Path:
     """A tiny random transformers-format checkpoint (with the pooling head), made here."""
-    spec = aimv2.encoder_spec(width=64, depth=2, heads=2, patch_size=7, image_size=28,
-                              mlp_hidden=128)  # fmt: skip
+    spec = aimv2.encoder_spec(
+        width=64, depth=2, heads=2, patch_size=7, image_size=28, mlp_hidden=128
+    )
     spec = spec.replace(head=aimv2.AttentionPoolSpec(width=64, heads=2))
     model = aimv2.build(spec, backend="torch", weights=testing.random_weights(spec, seed=0))
     return formats.save_pretrained(model, root / "tiny-aimv2", format="transformers")

@@ -22,12 +22,20 @@ def main() -> None:
     args = parser.parse_args()
 
     other = "mlx" if args.backend == "torch" else "torch"
-    common = dict(out=args.out, preset=args.preset, data="builtin:digits", steps=args.steps,
-                  batch_size=args.batch_size, seed=0, log_every=10,
-                  save_every=max(1, args.steps // 2))  # fmt: skip
+    common = dict(
+        out=args.out,
+        preset=args.preset,
+        data="builtin:digits",
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=0,
+        log_every=10,
+        save_every=max(1, args.steps // 2),
+    )
     # First half on one backend (the schedule is planned for all steps) ...
-    first_result = pretrain(PretrainConfig(**common, backend=args.backend,
-                                           stop_after=args.steps // 2))  # fmt: skip
+    first_result = pretrain(
+        PretrainConfig(**common, backend=args.backend, stop_after=args.steps // 2)
+    )
     # ... then resume the same run on the other backend.
     rest = pretrain(PretrainConfig(**common, backend=other, resume=True))
     print(json.dumps({"first_half": first_result, "second_half": rest}, indent=2))

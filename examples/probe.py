@@ -30,8 +30,9 @@ def main() -> None:
         encoder = aimv2.build(spec, args.backend, weights=weights)
     else:
         encoder = aimv2.build(aimv2.presets.get(args.preset).encoder, args.backend, seed=args.seed)
-    result = probe_encoder(encoder, args.data, args.backend,
-                           ProbeConfig(epochs=args.epochs, seed=args.seed))  # fmt: skip
+    result = probe_encoder(
+        encoder, args.data, args.backend, ProbeConfig(epochs=args.epochs, seed=args.seed)
+    )
     print(json.dumps({k: result[k] for k in ("attentive", "linear", "num_classes")}, indent=2))
 
 

@@ -38,8 +38,15 @@ def one(name: str, backend: str) -> dict:
     step = time.perf_counter() - t1
     params = sum(int(np.prod(i.shape)) for i in aimv2.weights.parameters(spec).values())
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return {"preset": name, "backend": backend, "params_M": params / 1e6, "build_s": built,
-            "step_s": step, "peak_rss_GiB": peak_gib, "loss": losses["loss"]}  # fmt: skip
+    return {
+        "preset": name,
+        "backend": backend,
+        "params_M": params / 1e6,
+        "build_s": built,
+        "step_s": step,
+        "peak_rss_GiB": peak_gib,
+        "loss": losses["loss"],
+    }
 
 
 def main() -> None:
@@ -55,8 +62,11 @@ def main() -> None:
         f"aimv2-{s}-patch14-224" for s in ("base", "large", "huge", "1B", "3B")
     ]
     for name in names:
-        proc = subprocess.run([sys.executable, __file__, "--child", "--backend", args.backend, name],
-                              capture_output=True, text=True)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", "--backend", args.backend, name],
+            capture_output=True,
+            text=True,
+        )
         if proc.returncode == 0:
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             print(

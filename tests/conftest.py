@@ -1,10 +1,14 @@
-"""Shared test settings: bounded hypothesis runs, no deadlines (CPU timing varies)."""
+"""Shared test settings: bounded hypothesis runs, no deadlines (CPU timing varies), and the
+``backend`` fixture of :mod:`aimv2.testing.pytest_plugin` (one run per backend, skipped
+where that backend's framework is missing)."""
 
 from __future__ import annotations
 
 import os
 
 from hypothesis import HealthCheck, settings
+
+pytest_plugins = ["aimv2.testing.pytest_plugin"]
 
 settings.register_profile(
     "default",

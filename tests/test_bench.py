@@ -79,8 +79,16 @@ def test_flops_of_the_base_preset_and_bad_inputs():
 
 
 def test_bench_torch_tiny_all_modes_with_peers(capsys):
-    report = bench.run(TINY, "torch", modes=["forward", "backward", "train"], repeats=1,
-                       compare=True, settle=0.0, workers=1, matmul_size=256)  # fmt: skip
+    report = bench.run(
+        TINY,
+        "torch",
+        modes=["forward", "backward", "train"],
+        repeats=1,
+        compare=True,
+        settle=0.0,
+        workers=1,
+        matmul_size=256,
+    )
     by = {(r.mode, r.impl): r for r in report.rows}
     for mode in bench.MODES:
         row = by[(mode, "aimv2 torch")]
@@ -97,16 +105,31 @@ def test_bench_torch_tiny_all_modes_with_peers(capsys):
     if ("forward", "transformers") in by:
         assert "max |Δ output|" in by[("forward", "transformers")].note
     text = report.text()
-    for field in ("img/s", "GFLOP/s", "of matmul", "peak mem", "relative", "data wait",
-                  "matmul 256×256", "model FLOPs, train"):  # fmt: skip
+    for field in (
+        "img/s",
+        "GFLOP/s",
+        "of matmul",
+        "peak mem",
+        "relative",
+        "data wait",
+        "matmul 256×256",
+        "model FLOPs, train",
+    ):
         assert field in text
     assert "fastest peer" in text or "transformers" not in {i for _, i in by}
 
 
 def test_bench_mlx_tiny_forward_and_train():
     pytest.importorskip("mlx.core")
-    report = bench.run(TINY, "mlx", modes=["forward", "train"], repeats=1, settle=0.0,
-                       data="synthetic", matmul_size=256)  # fmt: skip
+    report = bench.run(
+        TINY,
+        "mlx",
+        modes=["forward", "train"],
+        repeats=1,
+        settle=0.0,
+        data="synthetic",
+        matmul_size=256,
+    )
     by = {(r.mode, r.impl): r for r in report.rows}
     assert by[("forward", "aimv2 mlx")].images_per_s > 0
     assert by[("train", "aimv2 mlx")].gflops > 0
@@ -133,8 +156,7 @@ def test_bench_skips_train_for_an_encoder_spec_and_rejects_bad_options():
 
 def test_bench_command_line(capsys, tmp_path):
     out = tmp_path / "r.json"
-    code = bench.main([TINY, "--repeats", "1", "--quiet", "--mode", "backward",
-                       "--json", str(out)])  # fmt: skip
+    code = bench.main([TINY, "--repeats", "1", "--quiet", "--mode", "backward", "--json", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "aimv2 bench backward" not in text and "| backward | aimv2 torch |" in text
@@ -145,8 +167,16 @@ def test_bench_command_line(capsys, tmp_path):
 
 def test_bench_decoder_depth_replaces_the_decoder_and_is_checked():
     spec = aimv2.presets.get(TINY)
-    report = bench.run(TINY, "torch", modes=["train"], decoder_depth=1, repeats=1, settle=0.0,
-                       data="synthetic", matmul_size=256)  # fmt: skip
+    report = bench.run(
+        TINY,
+        "torch",
+        modes=["train"],
+        decoder_depth=1,
+        repeats=1,
+        settle=0.0,
+        data="synthetic",
+        matmul_size=256,
+    )
     one = dataclasses.replace(spec, decoder=dataclasses.replace(spec.decoder, depth=1))
     assert report.flops["train"] == bench.count_flops(one, "train", 4)
     assert report.flops["train"] < bench.count_flops(spec, "train", 4)
@@ -169,7 +199,7 @@ def test_the_aimv2_command_wires_bench_and_reexecs_only_mlx_only_runs(monkeypatc
     monkeypatch.setattr(blas, "ensure_fast_blas", lambda backends: calls.append(backends))
     monkeypatch.setattr(sys, "argv", ["aimv2", "presets"])
     assert cli.main() == 0 and calls == []  # no backend: never re-executed
-    monkeypatch.setattr(cli, "_cmd_probe", lambda args: 0)
+    monkeypatch.setattr(cli.evaluate, "_cmd_probe", lambda args: 0)
     monkeypatch.setattr(sys, "argv", ["aimv2", "probe", "--backend", "mlx", "--out", "o"])
     assert cli.main() == 0 and calls == ["mlx"]
     monkeypatch.setattr(sys, "argv", ["aimv2", "probe", "--backend", "torch", "--out", "o"])
@@ -183,10 +213,12 @@ def test_add_bench_parser_wires_into_an_argparse_tree():
 
     parser = argparse.ArgumentParser(prog="aimv2")
     bench.add_bench_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bench", "aimv2-large-patch14-224", "--backend", "mlx",
-                              "--mode", "all", "--compare", "--batch-size", "8"])  # fmt: skip
-    assert (args.spec, args.backend, args.mode, args.compare, args.batch_size) == (
-        "aimv2-large-patch14-224", "mlx", ["all"], True, 8)  # fmt: skip
+    args = parser.parse_args(
+        ["bench", "aimv2-large-patch14-224", "--backend", "mlx"]
+        + ["--mode", "all", "--compare", "--batch-size", "8"]
+    )
+    got = (args.spec, args.backend, args.mode, args.compare, args.batch_size)
+    assert got == ("aimv2-large-patch14-224", "mlx", ["all"], True, 8)
     assert args.func is not None
 
 
@@ -320,8 +352,7 @@ def _write_elf(path: Path, symbols: list[tuple[str, bool]]) -> Path:
 
 
 def test_exports_symbol_reads_the_dynamic_symbol_table(tmp_path):
-    lib = _write_elf(tmp_path / "libopenblas.so.0", [("cblas_dgemm", False),
-                                                      ("cblas_sgemm", True)])  # fmt: skip
+    lib = _write_elf(tmp_path / "libopenblas.so.0", [("cblas_dgemm", False), ("cblas_sgemm", True)])
     assert blas.exports_symbol(lib, "cblas_sgemm")
     assert not blas.exports_symbol(lib, "cblas_dgemm")  # only imported
     assert not blas.exports_symbol(lib, "sgemm_")
@@ -355,8 +386,9 @@ def test_find_optimized_blas_honours_the_override(tmp_path):
 
 def test_plan_reexec_only_for_mlx_only_processes_on_linux_and_only_once():
     lib = "/opt/x/libopenblas.so.0"
-    plan = blas.plan_reexec("mlx", env={"LD_PRELOAD": "/a.so"}, pid=42, lib=lib,
-                            platform_name="linux")  # fmt: skip
+    plan = blas.plan_reexec(
+        "mlx", env={"LD_PRELOAD": "/a.so"}, pid=42, lib=lib, platform_name="linux"
+    )
     assert plan["LD_PRELOAD"] == f"{lib} /a.so"
     assert plan["_AIMV2_BLAS_EXEC"] == f"42:{lib}"
     assert plan["_AIMV2_BLAS_PREV_PRELOAD"] == "/a.so"
@@ -401,8 +433,14 @@ def test_ensure_fast_blas_reexecutes_an_mlx_process_once():
     )
     env = blas.without_preload()
     env.pop("AIMV2_BLAS", None)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout.split()  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
     # printed twice from the same pid: before the exec, then in the re-executed process
     assert out[0] == out[1] and out[2] == lib
     assert out[3] == "None" and out[4] == "True"  # LD_PRELOAD put back; the library mapped
@@ -423,10 +461,7 @@ def _tiny_grads(backend: str, checkpoint: bool) -> dict[str, np.ndarray]:
     return be.loss_and_grads(model, batch["images"], batch["tokens"], batch["prefix_len"])
 
 
-@pytest.mark.parametrize("backend", ["torch", "mlx"])
 def test_activation_checkpointing_keeps_losses_and_grads(backend):
-    if backend == "mlx":
-        pytest.importorskip("mlx.core")
     plain_losses, plain = _tiny_grads(backend, False)
     ckpt_losses, ckpt = _tiny_grads(backend, True)
     assert ckpt_losses == pytest.approx(plain_losses, rel=1e-6)
@@ -448,11 +483,13 @@ def test_mlx_cpu_batch_split_gives_the_same_results():
         cpu.set_cpu_streams(streams)
         try:
             losses, grads = mlx.loss_and_grads(
-                aimv2.build(spec, "mlx", seed=0), batch["images"], batch["tokens"],
-                batch["prefix_len"])  # fmt: skip
+                aimv2.build(spec, "mlx", seed=0),
+                batch["images"],
+                batch["tokens"],
+                batch["prefix_len"],
+            )
             enc = aimv2.build(spec.encoder, "mlx", seed=0)
-            feats, blocks = enc(batch["images"], prefix_len=batch["prefix_len"],
-                                return_blocks=True)  # fmt: skip
+            feats, blocks = enc(batch["images"], prefix_len=batch["prefix_len"], return_blocks=True)
             results.append((losses, grads, np.array(feats), [np.array(b) for b in blocks]))
         finally:
             cpu.set_cpu_streams(None)

@@ -80,8 +80,18 @@ def test_both_backends_mirror_each_other():
 
 
 def test_drivers_import_no_framework():
-    drivers = ["training", "probe", "formats", "bench", "quickstart", "testing", "data",
-               "distributed", "checkpoint", "cli"]  # fmt: skip
+    drivers = [
+        "training",
+        "probe",
+        "formats",
+        "bench",
+        "quickstart",
+        "testing",
+        "data",
+        "distributed",
+        "checkpoint",
+        "cli",
+    ]
     code = (
         "import sys, importlib\n"
         f"for name in {drivers!r}:\n"

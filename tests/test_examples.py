@@ -17,8 +17,8 @@ def test_compose_variants_runs_on_both_backends(capsys):
 
 def test_pretrain_example_switches_backend_mid_run(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    monkeypatch.setattr("sys.argv", ["pretrain.py", "--steps", "6", "--batch-size", "4",
-                                     "--preset", "aimv2-test-tiny", "--out", str(out)])  # fmt: skip
+    argv = ["pretrain.py", "--steps", "6", "--batch-size", "4", "--preset", "aimv2-test-tiny"]
+    monkeypatch.setattr("sys.argv", [*argv, "--out", str(out)])
     runpy.run_path(str(EXAMPLES / "pretrain.py"), run_name="__main__")
     text = capsys.readouterr().out
     assert '"step": 3' in text and '"step": 6' in text

@@ -21,8 +21,6 @@ import aimv2
 from aimv2 import reference, specs, testing
 from aimv2.optim import OptimConfig, decay_mask, lr_at
 
-BACKENDS = ["torch", "mlx"]
-
 
 def _trainer(backend):
     from importlib import import_module
@@ -71,14 +69,14 @@ def test_decay_modes():
         OptimConfig(decay_mode="l2")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["decoupled", "torch"])
 @pytest.mark.parametrize("clip", [1.0, None])
 def test_update_matches_the_float64_reference(backend, mode, clip):
     spec = aimv2.presets.get("aimv2-test-tiny")
     w = testing.random_weights(spec, 0)
-    cfg = OptimConfig(lr=1e-2, warmup_steps=1, total_steps=10, weight_decay=0.5,
-                      decay_mode=mode, clip_norm=clip)  # fmt: skip
+    cfg = OptimConfig(
+        lr=1e-2, warmup_steps=1, total_steps=10, weight_decay=0.5, decay_mode=mode, clip_norm=clip
+    )
     be = aimv2.load_backend(backend)
     model = aimv2.build(spec, backend, weights=w)
     trainer = _trainer(backend)(model, cfg)
@@ -99,15 +97,19 @@ def test_update_matches_the_float64_reference(backend, mode, clip):
     assert trainer.step_count == 3
     state = trainer.state_arrays()
     for k in ref_p:
-        np.testing.assert_allclose(state[f"exp_avg.{k}"], ref_s[f"exp_avg.{k}"], rtol=1e-4,
-                                   atol=1e-7)  # fmt: skip
+        np.testing.assert_allclose(
+            state[f"exp_avg.{k}"], ref_s[f"exp_avg.{k}"], rtol=1e-4, atol=1e-7
+        )
 
 
 def test_torch_and_mlx_trajectories_agree_for_20_steps():
+    installed = aimv2.available_backends()
+    if len(installed) < 2:
+        pytest.skip(f"needs two backends to compare, installed: {installed or 'none'}")
     spec = aimv2.presets.get("aimv2-test-tiny")
     w = testing.random_weights(spec, 0)
     cfg = OptimConfig(lr=1e-2, warmup_steps=2, total_steps=20, weight_decay=0.1)
-    trainers = {b: _trainer(b)(aimv2.build(spec, b, weights=w), cfg) for b in BACKENDS}
+    trainers = {b: _trainer(b)(aimv2.build(spec, b, weights=w), cfg) for b in installed}
     for step in range(20):
         batch = testing.random_batch(spec, step, batch=4)
         losses = {b: t.step([batch], lr_at(cfg, step)) for b, t in trainers.items()}
@@ -119,7 +121,6 @@ def test_torch_and_mlx_trajectories_agree_for_20_steps():
     assert max(first(wt[k], wm[k]) for k in wt) < 1e-3
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_accumulation_equals_one_big_batch(backend):
     # Caption-only, captions without pads: every micro-batch averages the same number
     # of tokens, so the mean of micro-batch gradients is the full-batch gradient.
@@ -133,8 +134,10 @@ def test_accumulation_equals_one_big_batch(backend):
     whole = _trainer(backend)(aimv2.build(spec, backend, weights=w), cfg)
     split = _trainer(backend)(aimv2.build(spec, backend, weights=w), cfg)
     a = whole.step([batch], 1e-2)
-    halves = [{k: (v[:2] if v is not None else None) for k, v in batch.items()},
-              {k: (v[2:] if v is not None else None) for k, v in batch.items()}]  # fmt: skip
+    halves = [
+        {k: (v[:2] if v is not None else None) for k, v in batch.items()},
+        {k: (v[2:] if v is not None else None) for k, v in batch.items()},
+    ]
     b = split.step(halves, 1e-2)
     assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
     assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
@@ -146,7 +149,6 @@ def test_accumulation_equals_one_big_batch(backend):
             testing.assert_close(sb[k], sa[k], testing.Tolerance(1e-5), k)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
 def test_non_finite_loss_stops_without_updating(backend):
     spec = aimv2.presets.get("aimv2-test-tiny")
     w = aimv2.init_weights(spec, 0)
@@ -162,8 +164,13 @@ def test_non_finite_loss_stops_without_updating(backend):
     assert trainer.step_count == 0
 
 
-@pytest.mark.parametrize("src, dst", [("torch", "mlx"), ("mlx", "torch")])
+@pytest.mark.parametrize(
+    "src, dst", [(a, b) for a in aimv2.BACKENDS for b in aimv2.BACKENDS if a != b]
+)
 def test_optimizer_state_moves_between_backends(src, dst):
+    installed = aimv2.available_backends()
+    if src not in installed or dst not in installed:
+        pytest.skip(f"needs {src} and {dst}, installed: {installed or 'none'}")
     spec = aimv2.presets.get("aimv2-test-tiny")
     w = testing.random_weights(spec, 2)
     cfg = OptimConfig(lr=1e-2, warmup_steps=0, total_steps=6)

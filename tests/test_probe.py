@@ -90,8 +90,10 @@ def _cli(*args):
 
 
 def test_probe_command_writes_probe_json(tmp_path):
-    r = _cli("probe", "--preset", "aimv2-test-tiny", "--seed", "1", "--data", "builtin:digits",
-             "--out", str(tmp_path), "--epochs", "2")  # fmt: skip
+    r = _cli(
+        *("probe", "--preset", "aimv2-test-tiny", "--seed", "1", "--data", "builtin:digits"),
+        *("--out", str(tmp_path), "--epochs", "2"),
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads((tmp_path / "probe.json").read_text())
     for kind in ("attentive", "linear"):
@@ -108,8 +110,10 @@ def test_probe_command_on_an_imagefolder_and_bad_input(tmp_path):
             Image.new("RGB", (20, 20), tuple(int(v * (0.5 + i / 20)) for v in colour)).save(
                 root / f"class{c}" / f"{i}.png"
             )
-    r = _cli("probe", "--preset", "aimv2-test-tiny", "--data", f"imagefolder:{root}",
-             "--out", str(tmp_path / "p"), "--epochs", "20")  # fmt: skip
+    r = _cli(
+        *("probe", "--preset", "aimv2-test-tiny", "--data", f"imagefolder:{root}"),
+        *("--out", str(tmp_path / "p"), "--epochs", "20"),
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads((tmp_path / "p" / "probe.json").read_text())
     assert data["linear"]["heldout"] == 1.0  # red vs blue
@@ -129,15 +133,13 @@ def test_extract_command(tmp_path):
     for i in range(3):
         Image.new("RGB", (24, 20), (i * 60, 10, 10)).save(imgs / f"{i}.png")
     out = tmp_path / "f.npy"
-    r = _cli("extract", "--checkpoint", str(tmp_path / "run"), "--images", str(imgs),
-             "--out", str(out), "--pool", "mean")  # fmt: skip
+    extract = ("extract", "--checkpoint", str(tmp_path / "run"))
+    r = _cli(*extract, "--images", str(imgs), "--out", str(out), "--pool", "mean")
     assert r.returncode == 0, r.stderr
     assert np.load(out).shape == (3, 32)
-    r = _cli("extract", "--checkpoint", str(tmp_path / "run"), "--images", str(imgs),
-             "--out", str(out), "--pool", "attn")  # fmt: skip
+    r = _cli(*extract, "--images", str(imgs), "--out", str(out), "--pool", "attn")
     assert r.returncode == 2 and "attention-pooling head" in r.stderr
-    r = _cli("extract", "--checkpoint", str(tmp_path / "run"), "--images", str(tmp_path / "x*"),
-             "--out", str(out))  # fmt: skip
+    r = _cli(*extract, "--images", str(tmp_path / "x*"), "--out", str(out))
     assert r.returncode == 2 and "matches no image files" in r.stderr
 
 
@@ -145,8 +147,9 @@ def test_extract_command(tmp_path):
 def test_quickstart_writes_a_report(tmp_path, backend):
     from aimv2 import quickstart
 
-    r = quickstart.run(str(tmp_path), backend=backend, steps=4, batch_size=8, probe_epochs=1,
-                       progress=False)  # fmt: skip
+    r = quickstart.run(
+        str(tmp_path), backend=backend, steps=4, batch_size=8, probe_epochs=1, progress=False
+    )
     text = (tmp_path / "report.md").read_text()
     assert "AIMv2 pre-trained" in text and "raw pixels" in text and "random init" in text
     data = json.loads((tmp_path / "report.json").read_text())

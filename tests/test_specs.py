@@ -42,8 +42,9 @@ def test_encoder_specs_round_trip_through_json(spec):
             "image_size=(100, 100)",
         ),
         (
-            lambda: aimv2.encoder_spec(width=64, depth=1, heads=2, image_size=None,
-                                       pos_embed="learned"),
+            lambda: aimv2.encoder_spec(
+                width=64, depth=1, heads=2, image_size=None, pos_embed="learned"
+            ),
             "pos_embed='learned'",
         ),
         (lambda: specs.PosEmbedSpec(width=6, type="sincos"), "PosEmbedSpec.width=6"),
@@ -52,7 +53,7 @@ def test_encoder_specs_round_trip_through_json(spec):
         (lambda: specs.PixelObjectiveSpec(weight=-1.0), "PixelObjectiveSpec.weight=-1.0"),
         (lambda: specs.TrunkSpec(block=_block(8), depth=0), "TrunkSpec.depth=0"),
     ],
-)  # fmt: skip
+)
 def test_bad_specs_name_field_and_value(make, field):
     with pytest.raises(SpecError, match=field.replace("(", r"\(").replace(")", r"\)")):
         make()

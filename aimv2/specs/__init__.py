@@ -37,6 +37,9 @@ from .base import (
     from_json,
     linear_params,
     nested,
+    one_of,
+    positive_int,
+    require,
     walk,
 )
 from .encoder import (
@@ -103,6 +106,9 @@ __all__ = [
     "IMAGENET_STD",
     "config_kinds",
     "check_slot",
+    "require",
+    "positive_int",
+    "one_of",
     "from_dict",
     "from_json",
     "linear_params",

@@ -27,12 +27,21 @@ from .compare import (
     compare_backends,
 )
 from .fixtures import example_inputs, inputs_for, random_batch, random_weights
-from .tolerances import FORWARD_TOL, GRAD_TOL, Check, Tolerance, assert_close, max_error
+from .tolerances import (
+    FORWARD_TOL,
+    GRAD_TOL,
+    TRAINING_TOL,
+    Check,
+    Tolerance,
+    assert_close,
+    max_error,
+)
 
 __all__ = [
     "Tolerance",
     "FORWARD_TOL",
     "GRAD_TOL",
+    "TRAINING_TOL",
     "DEFAULT_FD_SAMPLES",
     "Check",
     "random_weights",

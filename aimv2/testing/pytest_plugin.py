@@ -17,7 +17,7 @@ from ..backend import BACKENDS, BackendUnavailable, load_backend
 __all__ = ["backend"]
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=BACKENDS, scope="session")
 def backend(request: pytest.FixtureRequest) -> str:
     """The name of one installed backend (``"torch"``, ``"mlx"``)."""
     try:

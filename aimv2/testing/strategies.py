@@ -267,7 +267,8 @@ def property_test(
 
     Example:
         >>> test_norm_parity = property_test(norm_specs(), backends=["torch"], max_examples=2)
-        >>> test_norm_parity()  # pytest calls it the same way
+        >>> test_norm_parity(); print("agree")  # pytest calls it the same way; raises if not
+        agree
     """
 
     @settings(max_examples=max_examples, deadline=None, derandomize=True)

@@ -32,7 +32,7 @@ from . import layers as _layers  # noqa: F401 - registers the built-in layers
 from . import models as _models  # noqa: F401 - registers the encoder, decoder and model
 from .arrays import from_numpy, native_device, native_dtype, to_model, to_numpy
 from .comm import init_distributed
-from .registry import REGISTRY, build_module, is_module, realizes
+from .registry import REGISTRY, build_module, build_part, is_module, realizes
 from .runtime import (
     default_device,
     inference,
@@ -48,6 +48,7 @@ __all__ = [
     "REGISTRY",
     "Trainer",
     "build_module",
+    "build_part",
     "cast",
     "default_device",
     "from_numpy",

@@ -125,7 +125,10 @@ def restore_blas_threads() -> None:
     before timing or running your own large matmuls right after a split batch.
 
     Example:
+        >>> _ = plan_cpu_batch(8)  # may set the BLAS to one thread per stream
         >>> restore_blas_threads()
+        >>> _CPU["blas_default"] is None  # nothing left to restore
+        True
     """
     threads = _blas_threads()
     if threads is not None and _CPU["blas_default"] is not None:

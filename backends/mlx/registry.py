@@ -16,7 +16,7 @@ import mlx.nn as nn
 from aimv2 import specs as S
 from aimv2.registry import Realizations
 
-__all__ = ["REGISTRY", "realizes", "build", "build_module", "is_module"]
+__all__ = ["REGISTRY", "realizes", "build", "build_part", "build_module", "is_module"]
 
 REGISTRY = Realizations(
     "MLX backend",
@@ -59,6 +59,19 @@ def build(spec: S.Spec) -> nn.Module:
     if getattr(module, "spec", None) is not spec:
         module.spec = spec
     return module
+
+
+def build_part(spec: S.Spec) -> Any:
+    """The module of a part, for a composite's constructor: ``self.mlp = build_part(
+    spec.mlp)`` builds whatever registered component fills the slot (weights are set
+    later, on the whole model). The public name of :func:`build`.
+
+    Example:
+        >>> from aimv2.specs import FeedForwardSpec
+        >>> type(build_part(FeedForwardSpec(8, 16))).__name__
+        'FeedForward'
+    """
+    return build(spec)
 
 
 def build_module(spec: S.Spec) -> Any:

@@ -70,7 +70,7 @@ def probe_loss(model: Any, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         >>> import aimv2
         >>> m = aimv2.build(aimv2.specs.ProbeSpec(width=8, num_classes=3, heads=2), "torch")
         >>> out = probe_loss(m, {"features": torch.zeros(2, 4, 8), "labels": torch.tensor([0, 2])})
-        >>> round(float(out["loss"]), 4)
+        >>> round(float(out["loss"].detach()), 4)
         1.0986
     """
     logits = model(batch["features"]).float()

@@ -1,0 +1,102 @@
+"""The ``aimv2`` command: one sub-command per task, each defined beside its kind of work.
+
+- :mod:`aimv2.cli.tools`: ``presets``, ``parity``.
+- :mod:`aimv2.cli.train`: ``pretrain``, ``tokenizer train``, ``plot``.
+- :mod:`aimv2.cli.evaluate`: ``quickstart``, ``probe``, ``extract``.
+- ``convert`` (:mod:`aimv2.formats.command`) and ``bench`` (:mod:`aimv2.bench.command`).
+
+Example:
+    >>> build_parser().parse_args(["convert", "in/", "out/", "--to", "mlx"]).command
+    'convert'
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import blas
+from ..bench import add_bench_parser
+from ..formats import add_convert_parser
+from . import evaluate, tools, train
+from .common import load_encoder, load_spec
+
+__all__ = ["main", "build_parser", "mlx_only", "load_spec", "load_encoder"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``aimv2`` command.
+
+    Example:
+        >>> build_parser().parse_args(["parity", "aimv2-test-tiny"]).spec
+        'aimv2-test-tiny'
+    """
+    parser = argparse.ArgumentParser(
+        prog="aimv2", description="AIMv2 vision encoders on PyTorch or MLX."
+    )
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (repeatable): registers the components it defines, so "
+        "specs and checkpoints that use them load",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tools.add_parsers(sub)
+    train.add_parsers(sub)
+    evaluate.add_parsers(sub)
+    add_convert_parser(sub)
+    add_bench_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``aimv2`` command; returns the exit status.
+
+    Example:
+        >>> main(["presets"]) == 0  # doctest: +ELLIPSIS
+        aimv2-...
+        True
+        >>> main(["--import", "no_such_module", "presets"])
+        Traceback (most recent call last):
+        ...
+        SystemExit: aimv2: --import no_such_module: No module named 'no_such_module'
+    """
+    args = build_parser().parse_args(argv)
+    for name in args.imports:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise SystemExit(f"aimv2: --import {name}: {err}") from None
+    if argv is None and mlx_only(args):
+        # the command line of an MLX-only run: re-execute once on an optimized BLAS
+        blas.ensure_fast_blas("mlx")
+    return int(args.func(args) or 0)
+
+
+def mlx_only(args: argparse.Namespace) -> bool:
+    """Whether a parsed ``aimv2`` command runs MLX and never torch in this process.
+
+    Such a process may get an optimized BLAS preloaded (:mod:`aimv2.blas`); a process
+    that runs torch must not (the preload slows torch). ``bench`` arranges its own
+    processes and is never re-executed.
+
+    Example:
+        >>> mlx_only(build_parser().parse_args(["probe", "--backend", "mlx", "--out", "o"]))
+        True
+        >>> mlx_only(build_parser().parse_args(["parity", "aimv2-test-tiny"]))
+        False
+    """
+    if args.command == "parity":
+        return args.backend is not None and set(args.backend) == {"mlx"}
+    if args.command in ("pretrain", "quickstart", "probe", "extract"):
+        return args.backend == "mlx"
+    return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

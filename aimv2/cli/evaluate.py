@@ -1,0 +1,167 @@
+"""``aimv2 probe``, ``aimv2 extract`` and ``aimv2 quickstart``: using and judging encoders.
+
+Example:
+    >>> import argparse
+    >>> sub = argparse.ArgumentParser().add_subparsers()
+    >>> add_parsers(sub)
+    >>> sorted(sub.choices)
+    ['extract', 'probe', 'quickstart']
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import atomic
+from ..backend import BACKENDS, backend_of, build
+from ..data import preprocess
+from ..probe import ProbeConfig, extract_features, probe_encoder
+from ..quickstart import format_report, run
+from .common import load_encoder, load_spec
+
+__all__ = ["add_parsers"]
+
+
+def _cmd_probe(args: argparse.Namespace) -> int:
+    if bool(args.checkpoint) == bool(args.preset):
+        print(
+            "aimv2 probe: give exactly one of --checkpoint PATH or --preset NAME", file=sys.stderr
+        )
+        return 2
+    if args.checkpoint:
+        encoder = load_encoder(args.checkpoint, args.backend)
+    else:
+        spec = load_spec(args.preset)
+        encoder = build(getattr(spec, "encoder", spec), args.backend, seed=args.seed)
+    cfg = ProbeConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        blocks=args.blocks,
+        seed=args.seed,
+        normalize=not args.no_normalize,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        result = probe_encoder(encoder, args.data, args.backend, cfg, cache_dir=out / "features")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"aimv2 probe: {err}", file=sys.stderr)
+        return 2
+    result = {k: v for k, v in result.items()}
+    atomic.write_json(out / "probe.json", result)
+    a, lin = result["attentive"], result["linear"]
+    print(
+        f"probe {args.data}: attentive {a['heldout']:.4f} (train {a['train']:.4f}), "
+        f"linear {lin['heldout']:.4f} (train {lin['train']:.4f}) -> {out / 'probe.json'}"
+    )
+    return 0
+
+
+def _cmd_extract(args: argparse.Namespace) -> int:
+    encoder = load_encoder(args.checkpoint, args.backend)
+    p = Path(args.images)
+    if p.is_dir():
+        files = sorted(
+            str(f)
+            for f in p.iterdir()
+            if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+        )
+    else:
+        files = sorted(glob.glob(args.images))
+    if not files:
+        print(f"aimv2 extract: --images {args.images!r} matches no image files", file=sys.stderr)
+        return 2
+    be = backend_of(encoder)
+    chunks = []
+    for i in range(0, len(files), args.batch_size):
+        feats = extract_features(
+            encoder, preprocess(files[i : i + args.batch_size], encoder.spec), args.batch_size
+        )
+        if args.pool == "mean":
+            feats = feats.mean(axis=1)
+        elif args.pool == "attn":
+            if getattr(encoder.spec, "head", None) is None:
+                print(
+                    "aimv2 extract: --pool attn needs an encoder with an attention-pooling "
+                    "head (e.g. the -lit checkpoint)",
+                    file=sys.stderr,
+                )
+                return 2
+            feats = be.to_numpy(encoder.head(be.to_model(encoder, feats)))
+        chunks.append(feats)
+        done = min(i + args.batch_size, len(files))
+        print(f"\rextract: {done}/{len(files)} images", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    out = np.concatenate(chunks)
+    target = args.out if args.out.endswith(".npy") else args.out + ".npy"  # as np.save names it
+    with atomic.atomic_file(target) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, out)
+    atomic.write_text(Path(args.out).with_suffix(".txt"), "\n".join(files) + "\n")
+    print(f"wrote {args.out} {tuple(out.shape)} (+ {Path(args.out).with_suffix('.txt')})")
+    return 0
+
+
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    report = run(
+        args.out,
+        backend=args.backend,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        probe_epochs=args.probe_epochs,
+        progress=not args.quiet,
+    )
+    print(format_report(report))
+    print(f"report: {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """Add the ``quickstart``, ``probe`` and ``extract`` commands to ``sub``.
+
+    Example:
+        >>> sub = argparse.ArgumentParser().add_subparsers()
+        >>> add_parsers(sub); sub.choices["probe"].parse_args(["--out", "o"]).epochs
+        100
+    """
+    p = sub.add_parser("quickstart", help="the main job: pre-train on digits, probe, report")
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--probe-epochs", type=int, default=100)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_quickstart)
+
+    p = sub.add_parser("probe", help="attentive + linear probe of a frozen encoder")
+    p.add_argument("--checkpoint", help="checkpoint dir, run dir or weights (any format)")
+    p.add_argument("--preset", help="random-init encoder of this preset/spec instead")
+    p.add_argument(
+        "--data",
+        default="builtin:digits",
+        help="labelled source: builtin:digits, builtin:shapes, imagefolder:DIR, .jsonl",
+    )
+    p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--blocks", type=int, default=1, help="average the last k blocks")
+    p.add_argument("--no-normalize", action="store_true", help="skip feature standardization")
+    p.set_defaults(func=_cmd_probe)
+
+    p = sub.add_parser("extract", help="features of a folder or glob of images to .npy")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--images", required=True, help="a folder or a glob pattern")
+    p.add_argument("--out", required=True, help="FILE.npy")
+    p.add_argument("--pool", choices=["none", "mean", "attn"], default="none")
+    p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_extract)
