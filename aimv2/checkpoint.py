@@ -35,7 +35,7 @@ import numpy as np
 
 from . import atomic
 from . import specs as S
-from .safetensors import load_file, save_file
+from .tensorfiles import load_file, save_file
 from .weights import WeightsError, check_weights
 
 __all__ = [

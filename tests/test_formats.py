@@ -21,7 +21,7 @@ import pytest
 import aimv2
 from aimv2 import formats, reference
 from aimv2.formats import FormatError
-from aimv2.safetensors import SafetensorsError, load_file, read_header, save_file
+from aimv2.tensorfiles import load_file, read_header, save_file
 from aimv2.testing import FORWARD_TOL, assert_close, random_weights
 
 try:
@@ -382,7 +382,7 @@ from aimv2.backends.torch.peers import import_timm
 # this torch build; stand-in modules (in this subprocess only) let timm import.
 timm, stubbed = import_timm()
 import numpy as np, torch
-from aimv2.safetensors import save_file
+from aimv2.tensorfiles import save_file
 
 x = torch.from_numpy(np.load(args["x"]))
 out = {"stubbed": np.array(stubbed)}
@@ -504,12 +504,11 @@ def test_truncated_file(tmp_path, no_build):
     f.write_bytes(f.read_bytes()[:-100])
     no_build()
     with pytest.raises(
-        SafetensorsError,
-        match=r"model.safetensors: tensor .* out of range for the \d+-byte data buffer",
+        FormatError, match=r"model.safetensors: not a valid safetensors file \(.*covered"
     ):
         _load(out)
     (out / "model.safetensors").write_bytes(b"\x10\x00")
-    with pytest.raises(SafetensorsError, match="shorter than the 8-byte"):
+    with pytest.raises(FormatError, match="model.safetensors: .*header too small"):
         _load(out)
 
 

@@ -75,7 +75,7 @@ def test_update_matches_the_float64_reference(backend, mode, clip):
     spec = aimv2.presets.get("aimv2-test-tiny")
     w = testing.random_weights(spec, 0)
     cfg = OptimConfig(
-        lr=1e-2, warmup_steps=1, total_steps=10, weight_decay=0.5, decay_mode=mode, clip_norm=clip
+        lr=1e-2, warmup_steps=1, total_steps=20, weight_decay=0.5, decay_mode=mode, clip_norm=clip
     )
     be = aimv2.load_backend(backend)
     model = aimv2.build(spec, backend, weights=w)
@@ -83,7 +83,7 @@ def test_update_matches_the_float64_reference(backend, mode, clip):
     ref_p = {k: v.astype(np.float64) for k, v in w.items()}
     ref_s: dict = {}
     mask = decay_mask(spec)
-    for step in range(3):
+    for step in range(20):  # the framework optimizers against the float64 oracle
         batch = testing.random_batch(spec, step, batch=3)
         probe = aimv2.build(spec, backend, weights=aimv2.get_weights(model))
         _, grads = be.loss_and_grads(probe, batch["images"], batch["tokens"], batch["prefix_len"])
@@ -94,7 +94,7 @@ def test_update_matches_the_float64_reference(backend, mode, clip):
         got = aimv2.get_weights(model)
         for k in ref_p:
             np.testing.assert_allclose(got[k], ref_p[k], rtol=1e-5, atol=1e-6, err_msg=k)
-    assert trainer.step_count == 3
+    assert trainer.step_count == 20
     state = trainer.state_arrays()
     for k in ref_p:
         np.testing.assert_allclose(

@@ -229,7 +229,7 @@ def test_nan_weights_from_init_stop_at_the_first_step(tmp_path):
     spec = aimv2.presets.get("aimv2-test-tiny")
     w = aimv2.init_weights(spec)
     w["pixel_head.weight"][:] = np.nan
-    from aimv2.safetensors import save_file
+    from aimv2.tensorfiles import save_file
 
     save_file(w, tmp_path / "bad.safetensors")
     with pytest.raises(TrainingError, match="non-finite training values at update 1"):

@@ -25,47 +25,32 @@ from ..plot import plot_metrics
 from ..text import Tokenizer
 from ..training import PretrainConfig, TrainingError, pretrain
 from .common import load_spec
+from .flags import Flag, add_config_flags, config_from_args
 
 __all__ = ["add_parsers"]
 
 
+# Where a pre-training flag differs from its PretrainConfig field (names and meanings users'
+# scripts depend on): every other field is a flag of its own name, type and default.
+PRETRAIN_FLAGS = {
+    "spec": Flag(to_field=lambda text: None if text is None else load_spec(text)),
+    "backend": Flag(choices=BACKENDS),
+    "clip_norm": Flag(to_field=lambda v: v if v is not None and v > 0 else None),
+    "num_workers": Flag("--workers"),
+    "hflip": Flag("--no-hflip", invert=True, help="no horizontal-flip augmentation"),
+    "crop_scale": Flag(
+        "--crop-scale-min",
+        type=float,
+        to_field=lambda v: (v, 1.0),
+        shown=0.4,
+        help="RandomResizedCrop minimum area fraction",
+    ),
+    "progress": Flag("--quiet", invert=True, help="no progress bar"),
+}
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    spec = None
-    if args.spec:
-        spec = load_spec(args.spec)
-    cfg = PretrainConfig(
-        out=args.out,
-        preset=args.preset,
-        spec=spec,
-        data=args.data,
-        backend=args.backend,
-        steps=args.steps,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        lr=args.lr,
-        min_lr=args.min_lr,
-        warmup=args.warmup,
-        weight_decay=args.weight_decay,
-        decay_mode=args.decay_mode,
-        clip_norm=args.clip_norm if args.clip_norm > 0 else None,
-        accumulate=args.accumulate,
-        log_every=args.log_every,
-        save_every=args.save_every,
-        keep=args.keep,
-        init=args.init,
-        resume=args.resume,
-        tokenizer=args.tokenizer,
-        num_workers=args.workers,
-        compile=args.compile,
-        autocast=args.autocast,
-        device=args.device,
-        hflip=not args.no_hflip,
-        crop_scale=(args.crop_scale_min, 1.0),
-        progress=not args.quiet,
-        stop_after=args.stop_after,
-        shard=args.shard,
-        dist_timeout=args.dist_timeout,
-    )
+    cfg = config_from_args(PretrainConfig, args, PRETRAIN_FLAGS)
     launch = detect_launch()
     try:
         result = pretrain(cfg)
@@ -122,64 +107,7 @@ def add_parsers(sub: Any) -> None:
         300
     """
     p = sub.add_parser("pretrain", help="pre-train with the AIMv2 objective")
-    p.add_argument("--preset", default="aimv2-small-patch4-16")
-    p.add_argument("--spec", help="spec JSON file or inline JSON (overrides --preset)")
-    p.add_argument(
-        "--data",
-        default="builtin:digits",
-        help="builtin:digits, builtin:shapes, a caption folder, a .jsonl or .tar shards",
-    )
-    p.add_argument("--backend", default="torch", choices=BACKENDS)
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=64,
-        help="global batch per update; under torchrun/mlx.launch each of K ranks loads 1/K",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="run directory (checkpoints, metrics.jsonl)")
-    p.add_argument("--init", help="start from these weights (checkpoint or .safetensors)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
-    p.add_argument("--lr", type=float, help="peak lr (default: the paper's for the size)")
-    p.add_argument("--min-lr", type=float)
-    p.add_argument("--warmup", type=int, help="warmup updates (default steps/10)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--decay-mode", choices=["decoupled", "torch"], default="decoupled")
-    p.add_argument("--clip-norm", type=float, default=1.0, help="0 disables clipping")
-    p.add_argument("--accumulate", type=int, default=1, help="micro-batches per update")
-    p.add_argument("--log-every", type=int, default=10)
-    p.add_argument("--save-every", type=int, default=100)
-    p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
-    p.add_argument("--tokenizer", help="SentencePiece model (built-in data has its own)")
-    p.add_argument("--workers", type=int, default=2, help="background data threads")
-    p.add_argument("--compile", action="store_true", help="torch.compile / mx.compile")
-    p.add_argument("--autocast", choices=["bf16"], help="bf16 autocast (torch)")
-    p.add_argument("--device", help="torch device (default: cuda if available)")
-    p.add_argument("--no-hflip", action="store_true", help="no horizontal-flip augmentation")
-    p.add_argument(
-        "--crop-scale-min", type=float, default=0.4, help="RandomResizedCrop minimum area fraction"
-    )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--stop-after",
-        type=int,
-        help="stop (and checkpoint) after this many steps; the schedule still "
-        "plans for --steps; continue with --resume",
-    )
-    p.add_argument(
-        "--shard",
-        choices=["none", "full"],
-        default="none",
-        help="under torchrun: none = DDP (replicated model), full = FSDP2 fully_shard "
-        "(parameters, gradients and optimizer state sharded over ranks)",
-    )
-    p.add_argument(
-        "--dist-timeout",
-        type=float,
-        default=600.0,
-        help="seconds a collective may wait for the other ranks before the run stops",
-    )
+    add_config_flags(p, PretrainConfig, PRETRAIN_FLAGS)
     p.set_defaults(func=_cmd_pretrain)
 
     p = sub.add_parser("tokenizer", help="SentencePiece tokenizers")

@@ -8,11 +8,11 @@ are read.
 
 Example:
     >>> import tempfile, aimv2
-    >>> from aimv2.safetensors import save_file
+    >>> from aimv2.tensorfiles import save_file
     >>> spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4, image_size=8,
     ...                           mlp_hidden=64)
     >>> p = Path(tempfile.mkdtemp()) / "bare.safetensors"
-    >>> save_file({"model." + k: v for k, v in aimv2.init_weights(spec).items()}, p)
+    >>> _ = save_file({"model." + k: v for k, v in aimv2.init_weights(spec).items()}, p)
     >>> d = detect(p, preset=spec)
     >>> d.format, d.prefix, d.origin
     ('official', 'model.', 'the given EncoderSpec')

@@ -33,7 +33,7 @@ from .configs import processor_config, timm_config, transformers_config
 from .detect import Detected, PathLike, detect
 from .load import from_pretrained
 from .names import FORMATS, INDEX, SPEC_KEY, FormatError, combine, recipe, source_shapes, split
-from .writer import DTYPE_CODES, Entry, dtype_code, write_safetensors
+from .writer import DTYPE_CODES, Entry, dtype_code, write_entries
 
 __all__ = ["Canonical", "save_pretrained", "convert"]
 
@@ -226,7 +226,7 @@ def _write_format(
             raise FileNotFoundError(
                 f"path={str(path)!r}: folder {str(path.parent)!r} does not exist"
             )
-        return write_safetensors(path, entries, meta)
+        return write_entries(path, entries, meta)
     _check_target(path, overwrite)
     with atomic_directory(path, replace=True) as tmp:
         if fmt == "aimv2":
@@ -379,12 +379,12 @@ def _write_weights(
 ) -> None:
     groups = _shards(entries, limit)
     if len(groups) == 1:
-        write_safetensors(folder / f"{stem}.safetensors", groups[0], meta)
+        write_entries(folder / f"{stem}.safetensors", groups[0], meta)
         return
     wmap = {}
     for k, group in enumerate(groups, 1):
         name = f"{stem}-{k:05d}-of-{len(groups):05d}.safetensors"
-        write_safetensors(folder / name, group, meta)
+        write_entries(folder / name, group, meta)
         wmap.update({e.name: name for e in group})
     index = {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": wmap}
     write_json(folder / f"{stem}.safetensors.index.json", index, sort_keys=True)

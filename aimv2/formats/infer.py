@@ -32,9 +32,9 @@ def canonical_shape(store: Store, fmt: str, prefix: str, name: str) -> tuple[int
     Example:
         >>> import tempfile
         >>> import numpy as np
-        >>> from aimv2.safetensors import save_file
+        >>> from aimv2.tensorfiles import save_file
         >>> p = Path(tempfile.mkdtemp()) / "a.safetensors"
-        >>> save_file({"embeddings.position_embedding.weight": np.zeros((4, 8), "f4")}, p)
+        >>> _ = save_file({"embeddings.position_embedding.weight": np.zeros((4, 8), "f4")}, p)
         >>> canonical_shape(Store.open([p]), "transformers", "", POS)
         (1, 4, 8)
     """
@@ -70,11 +70,11 @@ def infer_spec(
 
     Example:
         >>> import tempfile, aimv2
-        >>> from aimv2.safetensors import save_file
+        >>> from aimv2.tensorfiles import save_file
         >>> spec = aimv2.encoder_spec(width=128, depth=2, heads=1, patch_size=4, image_size=8,
         ...                           mlp_hidden=256)
         >>> d = Path(tempfile.mkdtemp())
-        >>> save_file(aimv2.init_weights(spec), d / "model.safetensors")
+        >>> _ = save_file(aimv2.init_weights(spec), d / "model.safetensors")
         >>> store = Store.open([d / "model.safetensors"])
         >>> infer_spec(store, "official", "", d, "m", {}, "") == (spec, "tensor shapes")
         True

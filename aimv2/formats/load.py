@@ -88,9 +88,10 @@ def _iter_canonical(det: Detected) -> Iterator[tuple[str, np.ndarray]]:
     assert store is not None
     plan = det.plan()
 
-    def position(item: tuple[str, tuple[tuple[str, ...], str]]) -> tuple[str, int]:
-        path, info = store.tensors[item[1][0][0]]
-        return (str(path), info.offsets[0])
+    order = {key: i for i, key in enumerate(store.tensors)}  # file by file, header order
+
+    def position(item: tuple[str, tuple[tuple[str, ...], str]]) -> int:
+        return order[item[1][0][0]]
 
     for name, (src, op) in sorted(plan.items(), key=position):
         yield name, combine(op, [store.read(key) for key in src])

@@ -21,6 +21,8 @@ import re
 
 import numpy as np
 
+from ..tensorfiles import FormatError
+
 __all__ = [
     "FORMATS",
     "FormatError",
@@ -55,9 +57,9 @@ WEIGHT_FILES = {  # the unsharded weight file of each released layout, by format
 }
 
 
-class FormatError(ValueError):
-    """A checkpoint cannot be read or written in the asked format; the message names the
-    file, the tensor key and both shapes where they disagree."""
+# FormatError: a checkpoint cannot be read or written in the asked format; the message
+# names the file, the tensor key and both shapes where they disagree (defined beside the
+# safetensors I/O, which raises it for malformed files).
 
 
 # Per block: canonical suffix -> transformers / timm suffix (``attn.qkv`` is special-cased).

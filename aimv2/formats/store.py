@@ -7,9 +7,9 @@ entry and reads one tensor at a time.
 
 Example:
     >>> import tempfile
-    >>> from aimv2.safetensors import save_file
+    >>> from aimv2.tensorfiles import save_file
     >>> d = Path(tempfile.mkdtemp())
-    >>> save_file({"w": np.ones((2, 3), np.float32)}, d / "model.safetensors")
+    >>> _ = save_file({"w": np.ones((2, 3), np.float32)}, d / "model.safetensors")
     >>> kind, (files, _), _ = locate(d)
     >>> kind, Store.open(files).shape("w")
     ('files', (2, 3))
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .. import checkpoint as _ckpt
-from ..safetensors import TensorInfo, load_file, read_header
+from ..tensorfiles import TensorInfo, load_file, read_header
 from .names import INDEX, WEIGHT_FILES, FormatError
 
 __all__ = ["Store", "read_json", "locate"]
@@ -38,9 +38,9 @@ class Store:
 
     Example:
         >>> import tempfile
-        >>> from aimv2.safetensors import save_file
+        >>> from aimv2.tensorfiles import save_file
         >>> p = Path(tempfile.mkdtemp()) / "a.safetensors"
-        >>> save_file({"w": np.arange(3, dtype=np.float32)}, p)
+        >>> _ = save_file({"w": np.arange(3, dtype=np.float32)}, p)
         >>> Store.open([p]).read("w").tolist()
         [0.0, 1.0, 2.0]
     """
@@ -84,8 +84,9 @@ class Store:
 
     def read(self, name: str) -> np.ndarray:
         """Tensor ``name`` as stored, floats widened to float32 (float64 stays)."""
-        path, _ = self.tensors[name]
-        return load_file(path, names=[name], dtype=np.float32)[name]
+        path, info = self.tensors[name]
+        arr = load_file(path, names=[name])[name]
+        return arr if info.dtype in ("F32", "F64") else arr.astype(np.float32)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -118,10 +119,10 @@ def locate(path: Path) -> tuple[str, Any, Path]:
 
     Example:
         >>> import tempfile
-        >>> from aimv2.safetensors import save_file
+        >>> from aimv2.tensorfiles import save_file
         >>> d = Path(tempfile.mkdtemp())
         >>> for name in WEIGHT_FILES.values():
-        ...     save_file({"w": np.ones(1, np.float32)}, d / name)
+        ...     _ = save_file({"w": np.ones(1, np.float32)}, d / name)
         >>> locate(d)[1][0][0].name
         'model.safetensors'
     """

@@ -1,23 +1,21 @@
-"""The safetensors writer of the formats: one tensor at a time, from lazy producers.
+"""Writing a model file: the tensors an export produces, stored in the dtype asked for.
 
-Hand-written because it streams: each :class:`Entry` produces its array only when its
-bytes are due, so exporting a model never holds a second copy of its weights (a later
-change moves this onto the ``safetensors`` package). Files appear atomically
-(:func:`aimv2.atomic.atomic_file`).
+This module names dtypes the way users spell them and writes an export's lazily produced
+tensors with :func:`aimv2.tensorfiles.save_streaming` (atomic, one tensor in memory at a
+time: exporting a large model never holds a second copy of it).
 
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from aimv2.safetensors import load_file
-    >>> e = Entry("w", (2,), "BF16", lambda: np.array([1.0, 2.0]))
-    >>> p = write_safetensors(Path(tempfile.mkdtemp()) / "a.safetensors", [e], {"format": "pt"})
-    >>> load_file(p)["w"].tolist()
-    [1.0, 2.0]
+    >>> from aimv2.tensorfiles import read_header
+    >>> e = Entry("w", (2, 2), "F16", lambda: np.eye(2))
+    >>> p = write_entries(Path(tempfile.mkdtemp()) / "a.safetensors", [e], {})
+    >>> read_header(p)[0]["w"].dtype
+    'F16'
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -26,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_file
-from ..safetensors import to_bf16_bits
+from ..tensorfiles import DTYPE_CODES as FLOAT_TYPES
+from ..tensorfiles import save_streaming
 
-__all__ = ["ITEMSIZE", "DTYPE_CODES", "DTYPE_NAMES", "dtype_code", "Entry", "write_safetensors"]
+__all__ = ["ITEMSIZE", "DTYPE_CODES", "DTYPE_NAMES", "dtype_code", "Entry", "write_entries"]
 
-ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}  # the float codes a checkpoint may store
+# bytes per element of the float codes a checkpoint may store
+ITEMSIZE = {code: np.dtype(t).itemsize for code, t in FLOAT_TYPES.items()}
 # fmt: off
 DTYPE_CODES = {  # dtype spellings -> safetensors code
     "float32": "F32", "fp32": "F32", "f32": "F32", "float": "F32",
@@ -78,41 +77,17 @@ class Entry:
         return math.prod(self.shape) * ITEMSIZE[self.code]
 
 
-def _encode(arr: np.ndarray, code: str) -> np.ndarray:
-    if code == "BF16":
-        return to_bf16_bits(arr).astype("<u2", copy=False)
-    dt = {"F16": "<f2", "F32": "<f4", "F64": "<f8"}[code]
-    with np.errstate(over="ignore"):
-        return np.ascontiguousarray(arr, dtype=dt)
-
-
-def write_safetensors(path: Path, entries: list[Entry], metadata: Mapping[str, str]) -> Path:
-    """Write ``entries`` (sorted by name) to ``path`` one tensor at a time, atomically;
-    returns ``path``.
+def write_entries(path: Path, entries: list[Entry], metadata: Mapping[str, str]) -> Path:
+    """Write ``entries`` (sorted by name) to ``path``, atomically, each tensor produced
+    only when it is written; returns ``path``.
 
     Example:
         >>> import tempfile
-        >>> from aimv2.safetensors import read_header
-        >>> e = Entry("w", (2, 2), "F16", lambda: np.eye(2))
-        >>> p = write_safetensors(Path(tempfile.mkdtemp()) / "a.safetensors", [e], {})
-        >>> read_header(p)[0]["w"].dtype
-        'F16'
+        >>> from aimv2.tensorfiles import load_file
+        >>> e = Entry("b", (2,), "BF16", lambda: np.array([1.0, 3.0]))
+        >>> p = write_entries(Path(tempfile.mkdtemp()) / "b.safetensors", [e], {"format": "pt"})
+        >>> load_file(p, dtype="float32")["b"].tolist()
+        [1.0, 3.0]
     """
-    entries = sorted(entries, key=lambda e: e.name)
-    header: dict[str, Any] = {"__metadata__": dict(metadata)}
-    offset = 0
-    for e in entries:
-        end = offset + e.nbytes
-        header[e.name] = {"dtype": e.code, "shape": list(e.shape), "data_offsets": [offset, end]}
-        offset = end
-    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)
-    with atomic_file(path) as tmp, open(tmp, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for e in entries:
-            arr = np.asarray(e.produce())
-            if tuple(arr.shape) != e.shape:  # pragma: no cover - guards a table bug
-                raise RuntimeError(f"tensor {e.name!r}: produced {arr.shape}, expected {e.shape}")
-            f.write(_encode(arr, e.code).reshape(-1).view(np.uint8))
-    return path
+    items = [(e.name, e.shape, e.code, e.produce) for e in sorted(entries, key=lambda e: e.name)]
+    return save_streaming(path, items, metadata)

@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,37 +44,89 @@ class PretrainConfig:
         'aimv2-small-patch4-16'
     """
 
-    out: str
-    preset: str = "aimv2-small-patch4-16"
-    spec: S.ModelSpec | None = None
-    data: str = "builtin:digits"
-    backend: str = "torch"
-    steps: int = 300
-    batch_size: int = 64
-    seed: int = 0
-    lr: float | None = None
-    min_lr: float | None = None
-    warmup: int | None = None
-    weight_decay: float = 1e-4
-    decay_mode: str = "decoupled"
-    clip_norm: float | None = 1.0
-    accumulate: int = 1
-    log_every: int = 10
-    save_every: int = 100
-    keep: int = 3
-    init: str | None = None
-    resume: bool = False
-    tokenizer: str | None = None
-    num_workers: int = 2
-    compile: bool = False
-    autocast: str | None = None
-    device: str | None = None
-    hflip: bool = True
-    crop_scale: tuple[float, float] = (0.4, 1.0)
-    progress: bool = True
-    stop_after: int | None = None
-    shard: str = "none"
-    dist_timeout: float = 600.0
+    out: str = field(metadata={"help": "run directory (checkpoints, metrics.jsonl)"})
+    preset: str = field(default="aimv2-small-patch4-16", metadata={"help": "model preset"})
+    spec: S.ModelSpec | None = field(
+        default=None, metadata={"help": "spec JSON file or inline JSON (overrides --preset)"}
+    )
+    data: str = field(
+        default="builtin:digits",
+        metadata={
+            "help": "builtin:digits, builtin:shapes, a caption folder, a .jsonl or .tar shards"
+        },
+    )
+    backend: str = field(default="torch", metadata={"help": "torch or mlx"})
+    steps: int = field(default=300, metadata={"help": "optimizer updates of the whole run"})
+    batch_size: int = field(
+        default=64,
+        metadata={
+            "help": "global batch per update; under torchrun/mlx.launch each of K ranks loads 1/K"
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "initial weights, data order, prefixes"})
+    lr: float | None = field(
+        default=None, metadata={"help": "peak lr (default: the paper's for the encoder size)"}
+    )
+    min_lr: float | None = field(default=None, metadata={"help": "final lr (default lr/100)"})
+    warmup: int | None = field(
+        default=None, metadata={"help": "warmup updates (default min(12500, steps/10))"}
+    )
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    decay_mode: str = field(
+        default="decoupled",
+        metadata={
+            "help": "decoupled: p*(1 - wd*lr/peak_lr) as in the paper; torch: p*(1 - lr*wd)",
+            "choices": ("decoupled", "torch"),
+        },
+    )
+    clip_norm: float | None = field(
+        default=1.0, metadata={"help": "global gradient-norm clip (0 disables)"}
+    )
+    accumulate: int = field(default=1, metadata={"help": "micro-batches per update"})
+    log_every: int = field(default=10, metadata={"help": "updates between metrics rows"})
+    save_every: int = field(default=100, metadata={"help": "updates between checkpoints"})
+    keep: int = field(default=3, metadata={"help": "checkpoints kept"})
+    init: str | None = field(
+        default=None, metadata={"help": "start from these weights (checkpoint or .safetensors)"}
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "continue from the newest checkpoint in --out"}
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "SentencePiece model (built-in data has its own)"}
+    )
+    num_workers: int = field(default=2, metadata={"help": "background data threads"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile / mx.compile"})
+    autocast: str | None = field(
+        default=None, metadata={"help": "bf16 autocast (torch)", "choices": ("bf16",)}
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "torch device (default: cuda if available)"}
+    )
+    hflip: bool = field(default=True, metadata={"help": "horizontal-flip augmentation"})
+    crop_scale: tuple[float, float] = field(
+        default=(0.4, 1.0), metadata={"help": "RandomResizedCrop area fraction (min, max)"}
+    )
+    progress: bool = field(default=True, metadata={"help": "progress bar on stderr"})
+    stop_after: int | None = field(
+        default=None,
+        metadata={
+            "help": "stop (and checkpoint) after this many steps; the schedule still plans "
+            "for --steps; continue with --resume"
+        },
+    )
+    shard: str = field(
+        default="none",
+        metadata={
+            "help": "under torchrun: none = DDP (replicated model), full = FSDP2 fully_shard "
+            "(parameters, gradients and optimizer state sharded over ranks)",
+            "choices": ("none", "full"),
+        },
+    )
+    dist_timeout: float = field(
+        default=600.0,
+        metadata={"help": "seconds a collective may wait for the other ranks before the run stops"},
+    )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the spec as its dict).

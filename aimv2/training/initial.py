@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import checkpoint
 from .. import specs as S
-from ..safetensors import load_file
+from ..tensorfiles import load_file
 from ..weights import parameters
 from .config import TrainingError
 

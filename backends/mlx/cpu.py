@@ -5,7 +5,7 @@ exp-based ops (SiLU, softmax) are not vectorized across cores. The encoder and t
 pre-training model therefore split a batch over one CPU stream per core
 (:func:`run_in_parts`) with the BLAS single-threaded, so all cores work on every op; the
 results are the same up to float32 summation order. BLAS thread counts are read and set
-through the optimized BLAS's own entry points (OpenBLAS, MKL, BLIS).
+with threadpoolctl, on the optimized BLAS aimv2 preloads for MLX (OpenBLAS, MKL, BLIS).
 
 Example:
     >>> set_cpu_streams(1); plan_cpu_batch(8)
@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import sys
@@ -23,6 +22,7 @@ from collections.abc import Callable
 from typing import Any
 
 import mlx.core as mx
+from threadpoolctl import ThreadpoolController
 
 from aimv2 import blas
 
@@ -37,12 +37,6 @@ __all__ = [
 
 _STREAMS: list[Any] = []
 _CPU: dict[str, Any] = {"streams": None, "blas_default": None}
-# (set, get) thread-count entry points of the optimized BLAS libraries aimv2 preloads
-_BLAS_THREAD_FNS = (
-    ("openblas_set_num_threads", "openblas_get_num_threads"),
-    ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
-    ("bli_thread_set_num_threads", "bli_thread_get_num_threads"),
-)
 
 
 def _cores() -> int:
@@ -53,18 +47,16 @@ def _cores() -> int:
 
 
 @functools.lru_cache(maxsize=1)
-def _blas_threads() -> tuple[Callable[[int], None], Callable[[], int]] | None:
-    """The BLAS's thread-count setter and getter, when one is in the global namespace."""
-    try:
-        lib = ctypes.CDLL(None)
-    except OSError:
+def _mlx_blas() -> Any:
+    """threadpoolctl's controller of the BLAS MLX calls: the optimized one aimv2 preloaded
+    into this process (OpenBLAS, MKL, BLIS), or None (MLX's bundled reference BLAS is
+    single-threaded). Other BLAS copies in the process (NumPy's) are left alone."""
+    path = blas.preloaded_blas()
+    if path is None:
         return None
-    for set_name, get_name in _BLAS_THREAD_FNS:
-        setter, getter = getattr(lib, set_name, None), getattr(lib, get_name, None)
-        if setter is not None and getter is not None:
-            setter.argtypes, setter.restype = [ctypes.c_int], None
-            getter.argtypes, getter.restype = [], ctypes.c_int
-            return setter, getter
+    for lib in ThreadpoolController().lib_controllers:
+        if os.path.realpath(lib.filepath) == os.path.realpath(path):
+            return lib
     return None
 
 
@@ -81,7 +73,7 @@ def _auto_streams() -> int:
     cores = min(_cores(), 8)
     if cores < 2:
         return 1
-    if _blas_threads() is not None:
+    if _mlx_blas() is not None:
         return cores  # an optimized BLAS whose threads we can set to one per stream
     # No optimized BLAS mapped: MLX runs on the single-threaded reference BLAS of mlx[cpu].
     # An optimized one we cannot make single-threaded would be oversubscribed: no split.
@@ -130,9 +122,9 @@ def restore_blas_threads() -> None:
         >>> _CPU["blas_default"] is None  # nothing left to restore
         True
     """
-    threads = _blas_threads()
-    if threads is not None and _CPU["blas_default"] is not None:
-        threads[0](_CPU["blas_default"])
+    lib = _mlx_blas()
+    if lib is not None and _CPU["blas_default"] is not None:
+        lib.set_num_threads(_CPU["blas_default"])
     _CPU["blas_default"] = None
 
 
@@ -154,10 +146,10 @@ def plan_cpu_batch(batch: int) -> int:
     if k <= 1:
         restore_blas_threads()
         return 1
-    threads = _blas_threads()
-    if threads is not None and _CPU["blas_default"] is None:
-        _CPU["blas_default"] = threads[1]()
-        threads[0](1)
+    lib = _mlx_blas()
+    if lib is not None and _CPU["blas_default"] is None:
+        _CPU["blas_default"] = lib.get_num_threads()
+        lib.set_num_threads(1)
     return k
 
 

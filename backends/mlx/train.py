@@ -21,6 +21,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
@@ -140,12 +141,10 @@ class Trainer:
         self.rank = 0 if self.world is None else self.world.rank
         flat = tree_flatten(model.trainable_parameters())
         self.names = [n for n, _ in flat]
-        decay = decay_mask(model.spec)
-        self.decay = [decay[n] for n in self.names]
-        self.exp_avg = [mx.zeros_like(p) for _, p in flat]
-        self.exp_avg_sq = [mx.zeros_like(p) for _, p in flat]
+        self.optimizer = _adamw(cfg, decay_mask(model.spec))
+        self.optimizer.init(model.trainable_parameters())
         self.step_count = 0
-        self.state = [model.state, self.exp_avg, self.exp_avg_sq]
+        self.state = [model.state, self.optimizer.state]
         keys: list[str] = []
         weights = objective_weights(model.spec)  # 0 for a probe
         term_weight = mx.array([weights[t] for t in TERMS], dtype=mx.float32)
@@ -172,8 +171,8 @@ class Trainer:
             (_, terms), grads = weighted_grad_fn(batch, coefs)
             return coefs * terms, [g for _, g in tree_flatten(grads)]
 
-        def update(grads, lr, t):
-            return self._update(grads, lr, t)
+        def update(grads, lr):
+            return self._update(grads, lr)
 
         if compile:
             grads_of = mx.compile(grads_of, inputs=[model.state], outputs=[model.state])
@@ -184,30 +183,12 @@ class Trainer:
         self._grads_of, self._apply, self._keys = grads_of, update, keys
         self._weighted_grads_of = weighted_grads_of
 
-    def _update(self, grads: list[mx.array], lr: mx.array, t: mx.array) -> mx.array:
-        cfg = self.cfg
-        b1, b2 = cfg.betas
-        norm = mx.sqrt(sum(mx.sum(mx.square(g)) for g in grads))
-        if cfg.clip_norm is not None:
-            coef = mx.minimum(cfg.clip_norm / (norm + 1e-6), 1.0)
-            grads = [g * coef for g in grads]
-        if cfg.decay_mode == "decoupled":
-            shrink = 1.0 - cfg.weight_decay * lr / cfg.lr
-        else:
-            shrink = 1.0 - lr * cfg.weight_decay
-        bc1, bc2 = 1.0 - mx.power(b1, t), 1.0 - mx.power(b2, t)
-        params = [p for _, p in tree_flatten(self.model.trainable_parameters())]
-        new_params = []
-        for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-            m = b1 * self.exp_avg[i] + (1 - b1) * g
-            v = b2 * self.exp_avg_sq[i] + (1 - b2) * mx.square(g)
-            self.exp_avg[i], self.exp_avg_sq[i] = m, v
-            if self.decay[i] and cfg.weight_decay:
-                p = p * shrink
-            p = p - (lr / bc1) * m / (mx.sqrt(v / bc2) + cfg.eps)
-            new_params.append(p)
-        self.model.update(tree_unflatten(list(zip(self.names, new_params, strict=True))))
-        return norm
+    def _update(self, grads: list[mx.array], lr: mx.array) -> None:
+        tree = tree_unflatten(list(zip(self.names, grads, strict=True)))
+        if self.cfg.clip_norm is not None:
+            tree, _ = optim.clip_grad_norm(tree, self.cfg.clip_norm)
+        self.optimizer.learning_rate = lr
+        self.optimizer.update(self.model, tree)
 
     def step(
         self,
@@ -265,7 +246,7 @@ class Trainer:
         if not all(math.isfinite(v) for v in host):
             check_finite(losses, self.step_count + 1)
         self.step_count += 1
-        self._apply(acc, mx.array(lr, dtype=mx.float32), mx.array(self.step_count, mx.float32))
+        self._apply(acc, mx.array(lr, dtype=mx.float32))
         mx.eval(self.state)
         return losses
 
@@ -300,9 +281,9 @@ class Trainer:
         if root_only and self.rank != 0:
             return {}
         spec, out = self.model.spec, {}
-        for n, m, v in zip(self.names, self.exp_avg, self.exp_avg_sq, strict=True):
-            out[f"exp_avg.{n}"] = to_canonical(spec, n, to_numpy(m))
-            out[f"exp_avg_sq.{n}"] = to_canonical(spec, n, to_numpy(v))
+        for n, slot in self._slots().items():
+            out[f"exp_avg.{n}"] = to_canonical(spec, n, to_numpy(slot["m"]))
+            out[f"exp_avg_sq.{n}"] = to_canonical(spec, n, to_numpy(slot["v"]))
         return {key: out[key] for key in moment_names(self.names)}
 
     def load_state_arrays(self, arrays: Mapping[str, np.ndarray], step_count: int) -> None:
@@ -315,15 +296,55 @@ class Trainer:
             >>> t.load_state_arrays(t.state_arrays(), 3); t.step_count
             3
         """
-        spec = self.model.spec
-        shapes = {
-            n: tuple(to_canonical(spec, n, p).shape)
-            for n, p in zip(self.names, self.exp_avg, strict=True)
-        }
-        check_moments(arrays, shapes)
-        for i, n in enumerate(self.names):
-            for store, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
+        spec, slots = self.model.spec, self._slots()
+        check_moments(
+            arrays, {n: tuple(to_canonical(spec, n, s["m"]).shape) for n, s in slots.items()}
+        )
+        for n, slot in slots.items():
+            for moment, key in (("m", "exp_avg"), ("v", "exp_avg_sq")):
                 src = np.asarray(arrays[f"{key}.{n}"], dtype=np.float32)
-                store[i] = mx.array(to_mlx(spec, n, src))
-        mx.eval(self.exp_avg, self.exp_avg_sq)
+                slot[moment] = mx.array(to_mlx(spec, n, src)).astype(slot[moment].dtype)
+        for sub in self.optimizer.optimizers:
+            sub.state["step"] = mx.array(int(step_count), dtype=sub.state["step"].dtype)
+        mx.eval(self.optimizer.state)
         self.step_count = int(step_count)
+
+    def _slots(self) -> dict[str, dict[str, mx.array]]:
+        """Each parameter's optimizer slot (``{"m": …, "v": …}``, edited in place), by
+        canonical name, whichever of the two AdamW groups holds it."""
+        slots = {}
+        for sub in self.optimizer.optimizers:
+            for key, _ in tree_flatten(sub.state):
+                if key.endswith(".m"):
+                    node: Any = sub.state
+                    for part in key[:-2].split("."):
+                        node = node[int(part)] if isinstance(node, list) else node[part]
+                    slots[key[:-2]] = node
+        return {n: slots[n] for n in self.names}
+
+
+def _adamw(cfg: OptimConfig, decay: Mapping[str, bool]) -> optim.MultiOptimizer:
+    """``mlx.optimizers.AdamW`` with bias correction, in two groups: with decay on the
+    weights of ``decay`` and without on the rest (MLX's AdamW alone decays everything).
+    The paper's fully decoupled decay ``p·(1 − wd·lr/peak_lr)`` is MLX's ``p·(1 − lr·wd')``
+    with ``wd' = wd / peak_lr``; ``decay_mode="torch"`` uses ``wd`` as given.
+
+    Example:
+        >>> opt = _adamw(OptimConfig(lr=1e-3, weight_decay=0.1), {"w": True})
+        >>> [round(o.weight_decay, 6) for o in opt.optimizers]
+        [100.0, 0.0]
+    """
+    wd = cfg.weight_decay / cfg.lr if cfg.decay_mode == "decoupled" else cfg.weight_decay
+
+    def adamw(weight_decay: float) -> optim.AdamW:
+        return optim.AdamW(
+            learning_rate=cfg.lr,
+            betas=list(cfg.betas),
+            eps=cfg.eps,
+            weight_decay=weight_decay,
+            bias_correction=True,
+        )
+
+    return optim.MultiOptimizer(
+        [adamw(wd), adamw(0.0)], [lambda path, _: bool(decay.get(path, False))]
+    )

@@ -1,5 +1,5 @@
-"""PyTorch training step: autograd, gradient accumulation, global-norm clipping and
-AIMv2's AdamW (see :mod:`aimv2.optim` for the exact semantics), with optional
+"""PyTorch training step: autograd, gradient accumulation, ``clip_grad_norm_`` and
+``torch.optim.AdamW`` set up with AIMv2's semantics (:mod:`aimv2.optim`), with optional
 ``torch.compile`` and bf16 autocast. Optimizer state lives under canonical names.
 
 Example:
@@ -93,8 +93,8 @@ class Trainer:
     the model is wrapped once, here: ``shard="none"`` in DistributedDataParallel (every
     rank holds the whole model and the same optimizer state), ``shard="full"`` with
     FSDP2 ``fully_shard`` on every transformer block and the root (parameters, gradients
-    and AdamW moments are sharded DTensors; the update runs on each rank's local
-    shards and the clipping norm is summed over shards). Weights must be loaded into
+    and AdamW moments are sharded DTensors; ``torch.optim.AdamW`` updates each rank's
+    shards and ``clip_grad_norm_`` sums the norm over shards). Weights must be loaded into
     ``model`` before it is wrapped; :meth:`weight_arrays`, :meth:`state_arrays` and
     :meth:`load_state_arrays` speak full canonical arrays whatever the sharding.
     """
@@ -143,12 +143,9 @@ class Trainer:
         named = list(model.named_parameters())
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
-        decay = decay_mask(model.spec)
-        self.decay_params = [p for n, p in named if decay[n]]
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self.step_count = 0
         self.device = self.params[0].device
+        self.optimizer = _adamw(cfg, named, decay_mask(model.spec), self.device)
         self.forward = torch.compile(wrapped) if resolve_compile(compile, cheap=False) else wrapped
         if autocast not in (None, "bf16"):
             raise ValueError(f"autocast={autocast!r}: expected None or 'bf16'")
@@ -179,9 +176,6 @@ class Trainer:
         else:
             with self._ddp.no_sync():
                 yield
-
-    def _local(self, tensors: Sequence[Any]) -> list[torch.Tensor]:
-        return [t.to_local() for t in tensors] if self.sharded else list(tensors)
 
     def step(
         self,
@@ -230,17 +224,19 @@ class Trainer:
                 keys = list(TERMS)
                 parts = torch.stack([float(weights[i][t]) * out[t].detach().float() for t in TERMS])
             sums = parts if sums is None else sums + parts
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        local = self._local(grads)
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(local)))
+        for p in self.params:  # a parameter unused by this batch still decays, as in MLX
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        # the global norm before clipping (a DTensor's is summed over shards), then clipped
+        clip = self.cfg.clip_norm if self.cfg.clip_norm is not None else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.params, clip, foreach=True)
+        if self.sharded:
+            norm = norm.full_tensor()
         if weights is None:
             sums = sums / k
         if self.world is not None:
-            extra = norm.square()[None] if self.sharded else norm.new_zeros(1)
-            reduced = self.world.comm._all_reduce(torch.cat([sums, extra]))
-            sums = reduced[:-1] if weights is not None else reduced[:-1] / self.world_size
-            if self.sharded:
-                norm = reduced[-1].sqrt()
+            reduced = self.world.comm._all_reduce(sums.clone())
+            sums = reduced if weights is not None else reduced / self.world_size
         if weights is not None:
             text, pixel = sums[0], sums[1]
             total = self._term_weight["text_loss"] * text + self._term_weight["pixel_loss"] * pixel
@@ -251,30 +247,19 @@ class Trainer:
         if not all(math.isfinite(v) for v in host):
             self.model.zero_grad(set_to_none=True)
             check_finite(losses, self.step_count + 1)
-        self._update(local, norm, lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.step_count += 1
         self.model.zero_grad(set_to_none=True)
         return losses
 
-    @torch.no_grad()
-    def _update(self, grads: list[torch.Tensor], norm: torch.Tensor, lr: float) -> None:
-        cfg = self.cfg
-        b1, b2 = cfg.betas
-        params, exp_avg = self._local(self.params), self._local(self.exp_avg)
-        exp_avg_sq, decay_params = self._local(self.exp_avg_sq), self._local(self.decay_params)
-        if cfg.clip_norm is not None:
-            coef = torch.clamp(cfg.clip_norm / (norm + 1e-6), max=1.0)
-            torch._foreach_mul_(grads, coef)
-        self.step_count += 1
-        t = self.step_count
-        torch._foreach_lerp_(exp_avg, grads, 1 - b1)
-        torch._foreach_mul_(exp_avg_sq, b2)
-        torch._foreach_addcmul_(exp_avg_sq, grads, grads, value=1 - b2)
-        if decay_params and cfg.weight_decay:
-            torch._foreach_mul_(decay_params, cfg.decay_factor(lr))
-        denom = torch._foreach_sqrt(exp_avg_sq)
-        torch._foreach_div_(denom, math.sqrt(1 - b2**t))
-        torch._foreach_add_(denom, cfg.eps)
-        torch._foreach_addcdiv_(params, exp_avg, denom, value=-lr / (1 - b1**t))
+    def _moments(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Every parameter's first and second moments (zeros before the first update)."""
+        state = self.optimizer.state
+        exp_avg = [state[p]["exp_avg"] if p in state else torch.zeros_like(p) for p in self.params]
+        sq = [state[p]["exp_avg_sq"] if p in state else torch.zeros_like(p) for p in self.params]
+        return exp_avg, sq
 
     @torch.no_grad()
     def _gather(self, tensors: Sequence[Any], names: Sequence[str], root_only: bool) -> dict:
@@ -320,7 +305,8 @@ class Trainer:
             (1, 1, 32)
         """
         names = [f"{k}.{n}" for k in ("exp_avg", "exp_avg_sq") for n in self.names]
-        out = self._gather([*self.exp_avg, *self.exp_avg_sq], names, root_only)
+        exp_avg, exp_avg_sq = self._moments()
+        out = self._gather([*exp_avg, *exp_avg_sq], names, root_only)
         if not out:
             return out
         return {key: out[key] for key in moment_names(self.names)}
@@ -340,17 +326,48 @@ class Trainer:
         check_moments(
             arrays, {n: tuple(p.shape) for n, p in zip(self.names, self.params, strict=True)}
         )
-        for i, n in enumerate(self.names):
-            for store, key in ((self.exp_avg, "exp_avg"), (self.exp_avg_sq, "exp_avg_sq")):
-                src = np.asarray(arrays[f"{key}.{n}"])
-                full = torch.from_numpy(np.ascontiguousarray(src)).to(
-                    device=self.device, dtype=store[i].dtype
-                )
-                if self.sharded:
-                    shard = distribute_tensor(
-                        full, store[i].device_mesh, store[i].placements, src_data_rank=None
-                    )
-                    store[i].to_local().copy_(shard.to_local())
-                else:
-                    store[i].copy_(full)
+        moments = {}
+        for n, p in zip(self.names, self.params, strict=True):
+            entry = {"step": torch.tensor(float(step_count))}
+            for key in ("exp_avg", "exp_avg_sq"):
+                src = np.ascontiguousarray(arrays[f"{key}.{n}"])
+                full = torch.from_numpy(src).to(device=self.device, dtype=p.dtype)
+                if self.sharded:  # this rank's shard of the full array
+                    full = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
+                entry[key] = full
+            moments[p] = entry
+        # the optimizer's own format: state by parameter position over its groups
+        saved = self.optimizer.state_dict()
+        order = [p for group in self.optimizer.param_groups for p in group["params"]]
+        saved["state"] = {i: moments[p] for i, p in enumerate(order)}
+        self.optimizer.load_state_dict(saved)
         self.step_count = int(step_count)
+
+
+def _adamw(
+    cfg: OptimConfig,
+    named: Sequence[tuple[str, torch.nn.Parameter]],
+    decay: Mapping[str, bool],
+    device: torch.device,
+) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with AIMv2's groups: decay on weights only. The paper's fully
+    decoupled decay ``p·(1 − wd·lr/peak_lr)`` is torch's ``p·(1 − lr·wd')`` with
+    ``wd' = wd / peak_lr``; ``decay_mode="torch"`` uses ``wd`` as given. ``foreach`` on the
+    CPU, ``fused`` on CUDA.
+
+    Example:
+        >>> m = torch.nn.Linear(2, 2)
+        >>> opt = _adamw(OptimConfig(lr=1e-3, weight_decay=0.1), list(m.named_parameters()),
+        ...              {"weight": True, "bias": False}, torch.device("cpu"))
+        >>> [round(g["weight_decay"], 6) for g in opt.param_groups]
+        [100.0, 0.0]
+    """
+    wd = cfg.weight_decay / cfg.lr if cfg.decay_mode == "decoupled" else cfg.weight_decay
+    groups = [
+        {"params": [p for n, p in named if decay[n]], "weight_decay": wd},
+        {"params": [p for n, p in named if not decay[n]], "weight_decay": 0.0},
+    ]
+    kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel
+    )
