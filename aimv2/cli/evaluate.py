@@ -22,6 +22,7 @@ from .. import atomic
 from ..backend import BACKENDS, backend_of, build
 from ..data import preprocess
 from ..probe import ProbeConfig, extract_features, probe_encoder
+from ..progress import Progress
 from ..quickstart import format_report, run
 from .common import load_encoder, load_spec
 
@@ -79,6 +80,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         return 2
     be = backend_of(encoder)
     chunks = []
+    shown = Progress(len(files), "extract", unit="images", enabled=not args.quiet)
     for i in range(0, len(files), args.batch_size):
         feats = extract_features(
             encoder, preprocess(files[i : i + args.batch_size], encoder.spec), args.batch_size
@@ -87,6 +89,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             feats = feats.mean(axis=1)
         elif args.pool == "attn":
             if getattr(encoder.spec, "head", None) is None:
+                shown.close()
                 print(
                     "aimv2 extract: --pool attn needs an encoder with an attention-pooling "
                     "head (e.g. the -lit checkpoint)",
@@ -95,9 +98,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                 return 2
             feats = be.to_numpy(encoder.head(be.to_model(encoder, feats)))
         chunks.append(feats)
-        done = min(i + args.batch_size, len(files))
-        print(f"\rextract: {done}/{len(files)} images", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        shown.moveto(min(i + args.batch_size, len(files)))  # closes itself at the end
     out = np.concatenate(chunks)
     target = args.out if args.out.endswith(".npy") else args.out + ".npy"  # as np.save names it
     with atomic.atomic_file(target) as tmp, open(tmp, "wb") as fh:
@@ -164,4 +165,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--pool", choices=["none", "mean", "attn"], default="none")
     p.add_argument("--backend", default="torch", choices=BACKENDS)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_extract)
