@@ -163,6 +163,22 @@ def test_extract_command_progress_and_quiet(tmp_path, capsys):
     assert np.load(tmp_path / "g.npy").shape == np.load(tmp_path / "f.npy").shape
 
 
+def test_probe_command_progress_and_quiet(tmp_path, capsys):
+    from aimv2.cli import main
+
+    root = tmp_path / "classes"
+    for c in range(2):
+        (root / f"class{c}").mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (20, 20), (200 * c, 10 * i, 0)).save(root / f"class{c}" / f"{i}.png")
+    args = ["probe", "--preset", "aimv2-test-tiny", "--data", f"imagefolder:{root}"]
+    assert main([*args, "--out", str(tmp_path / "p"), "--epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "features all: 10/10 images" in err and "attentive probe: 2/2 epochs" in err, err
+    assert main([*args, "--out", str(tmp_path / "q"), "--epochs", "2", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_convert_counts_tensors_written(tmp_path, capsys):
     spec = aimv2.encoder_spec(width=32, depth=1, heads=2, patch_size=4, image_size=8, mlp_hidden=64)
     model = aimv2.build(spec, "torch")

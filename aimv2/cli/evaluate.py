@@ -50,7 +50,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        result = probe_encoder(encoder, args.data, args.backend, cfg, cache_dir=out / "features")
+        result = probe_encoder(
+            encoder,
+            args.data,
+            args.backend,
+            cfg,
+            cache_dir=out / "features",
+            progress=not args.quiet,
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"aimv2 probe: {err}", file=sys.stderr)
         return 2
@@ -156,6 +163,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--blocks", type=int, default=1, help="average the last k blocks")
     p.add_argument("--no-normalize", action="store_true", help="skip feature standardization")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("extract", help="features of a folder or glob of images to .npy")
