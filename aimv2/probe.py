@@ -32,6 +32,7 @@ from . import atomic
 from . import specs as S
 from .backend import backend_of, build, get_weights, load_backend
 from .optim import OptimConfig, lr_at
+from .progress import Progress
 
 __all__ = [
     "ProbeConfig",
@@ -126,9 +127,12 @@ def source_features(
     batch_size: int = 64,
     blocks: int = 1,
     cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(features (B, N, D), labels (B,)) of a labelled source, computed once and cached
     (keyed by spec, weights, source and split) when ``cache_dir`` is given.
+
+    ``progress=True`` shows the images done on stderr (:class:`aimv2.progress.Progress`).
 
     Example:
         >>> import aimv2
@@ -154,9 +158,15 @@ def source_features(
                 return data["features"], data["labels"]
     loader = Loader(source, model.spec, None, batch_size, seed=0, train=False, num_workers=0)
     feats, labels = [], []
-    for batch in loader:
-        feats.append(extract_features(model, batch["images"], batch_size, blocks))
-        labels.append(batch["labels"])
+    try:
+        total = len(source)
+    except TypeError:  # a streamed source (tar shards) has no length
+        total = None
+    with Progress(total, f"features {split}", unit="images", enabled=progress) as shown:
+        for batch in loader:
+            feats.append(extract_features(model, batch["images"], batch_size, blocks))
+            labels.append(batch["labels"])
+            shown.update(len(batch["labels"]))
     if not feats:
         raise ValueError(f"source {getattr(source, 'name', source)!r}: no readable images")
     f, y = np.concatenate(feats), np.concatenate(labels).astype(np.int64)
@@ -205,8 +215,12 @@ def fit_and_score(
     backend: str,
     cfg: ProbeConfig,
     num_classes: int,
+    *,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Train one probe (``attentive`` or ``linear``) and return its top-1 accuracies.
+
+    ``progress=True`` shows the epochs done and the last batch's loss on stderr.
 
     Example:
         >>> x = np.eye(4, dtype=np.float32)[:, None, :].repeat(8, 0)  # 8 copies of each class
@@ -245,12 +259,15 @@ def fit_and_score(
     trainer = be.Trainer(model, optim, loss_fn=be.probe_loss)
     rng = np.random.default_rng([cfg.seed, 0x9B0E])
     step = 0
-    for _ in range(cfg.epochs):
-        order = rng.permutation(len(train_x))
-        for i in range(0, len(order), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            trainer.step([{"features": train_x[idx], "labels": train_y[idx]}], lr_at(optim, step))
-            step += 1
+    with Progress(cfg.epochs, f"{kind} probe", unit="epochs", enabled=progress) as shown:
+        for _ in range(cfg.epochs):
+            order = rng.permutation(len(train_x))
+            for i in range(0, len(order), cfg.batch_size):
+                idx = order[i : i + cfg.batch_size]
+                batch = [{"features": train_x[idx], "labels": train_y[idx]}]
+                losses = trainer.step(batch, lr_at(optim, step))
+                step += 1
+            shown.update(1, f"loss {losses['loss']:.4f}")
     train_acc = float((_predict(model, train_x, 1024) == train_y).mean())
     test_acc = float((_predict(model, test_x, 1024) == test_y).mean())
     return {"train": train_acc, "heldout": test_acc, "model": model}
@@ -264,12 +281,14 @@ def probe_encoder(
     *,
     cache_dir: str | os.PathLike | None = None,
     kinds: tuple[str, ...] = ("attentive", "linear"),
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Attentive and linear probe accuracies of a frozen encoder on a labelled source.
 
     The source's ``train`` split trains the probes, its fixed ``heldout`` split scores
     them; sources without a held-out split (``imagefolder:DIR``, manifests) are split
-    80/20 by a fixed permutation.
+    80/20 by a fixed permutation. ``progress=True`` shows feature extraction and each
+    probe's epochs on stderr.
 
     Example:
         >>> import aimv2
@@ -281,7 +300,7 @@ def probe_encoder(
         True
     """
     cfg = cfg or ProbeConfig()
-    tr_x, tr_y, te_x, te_y = _splits(encoder, data, cfg, cache_dir)
+    tr_x, tr_y, te_x, te_y = _splits(encoder, data, cfg, cache_dir, progress)
     if cfg.normalize:
         tr_x, te_x = standardize(tr_x, te_x)
     num_classes = int(max(tr_y.max(), te_y.max())) + 1
@@ -292,25 +311,28 @@ def probe_encoder(
         "config": asdict(cfg),
     }
     for kind in kinds:
-        res = fit_and_score(tr_x, tr_y, te_x, te_y, kind, backend, cfg, num_classes)
+        res = fit_and_score(
+            tr_x, tr_y, te_x, te_y, kind, backend, cfg, num_classes, progress=progress
+        )
         out[kind] = {"train": res["train"], "heldout": res["heldout"]}
     return out
 
 
-def _splits(encoder: Any, data: str, cfg: ProbeConfig, cache_dir: Any) -> tuple:
+def _splits(encoder: Any, data: str, cfg: ProbeConfig, cache_dir: Any, progress: bool) -> tuple:
     from .data import open_source
 
+    common = {"blocks": cfg.blocks, "cache_dir": cache_dir, "progress": progress}
     try:
         train = open_source(data, split="train", seed=cfg.seed)
         heldout = open_source(data, split="heldout", seed=cfg.seed)
     except ValueError:
         every = open_source(data, split="all", seed=cfg.seed)
-        x, y = source_features(encoder, every, split="all", blocks=cfg.blocks, cache_dir=cache_dir)
+        x, y = source_features(encoder, every, split="all", **common)
         order = np.random.default_rng(0).permutation(len(y))
         cut = int(0.8 * len(y))
         return x[order[:cut]], y[order[:cut]], x[order[cut:]], y[order[cut:]]
-    tr = source_features(encoder, train, split="train", blocks=cfg.blocks, cache_dir=cache_dir)
-    te = source_features(encoder, heldout, split="heldout", blocks=cfg.blocks, cache_dir=cache_dir)
+    tr = source_features(encoder, train, split="train", **common)
+    te = source_features(encoder, heldout, split="heldout", **common)
     return (*tr, *te)
 
 

@@ -4,7 +4,8 @@ pre-training bought with the paper's frozen-trunk probes.
 It reports the attentive and linear probe accuracies of the pre-trained encoder, of the
 same architecture at random initialization (same seed), and of a linear classifier on
 the raw preprocessed pixels, with the losses and wall time, to the console,
-``OUT/report.md`` (with the loss-curve plot) and ``OUT/report.json``.
+``OUT/report.md`` (with the loss curves, ``loss.png``, and a bar chart of the probe
+accuracies, ``probes.png``) and ``OUT/report.json``.
 
 Horizontal flips are off for digits (a flipped 2 is not a 2) and crops keep ≥ 60% of
 the area; everything else is the paper's recipe scaled down.
@@ -24,6 +25,7 @@ from typing import Any
 
 from . import atomic, checkpoint
 from .backend import build
+from .plot import plot_metrics, plot_probes
 from .probe import ProbeConfig, fit_and_score, probe_encoder, raw_pixel_features, standardize
 from .training import PretrainConfig, pretrain
 
@@ -72,24 +74,27 @@ def run(
     pcfg = ProbeConfig(epochs=probe_epochs, seed=seed)
     cache = out_dir / "features"
     probes: dict[str, Any] = {}
+    shared = {"cache_dir": cache, "progress": progress}
     probes["pretrained"] = probe_encoder(
-        build(enc_spec, backend, weights=enc_w), DATA, backend, pcfg, cache_dir=cache
+        build(enc_spec, backend, weights=enc_w), DATA, backend, pcfg, **shared
     )
     probes["random_init"] = probe_encoder(
-        build(enc_spec, backend, seed=seed), DATA, backend, pcfg, cache_dir=cache
+        build(enc_spec, backend, seed=seed), DATA, backend, pcfg, **shared
     )
     tx, ty = raw_pixel_features(DATA, enc_spec, "train")
     vx, vy = raw_pixel_features(DATA, enc_spec, "heldout")
     tx, vx = standardize(tx, vx)
-    raw = fit_and_score(tx, ty, vx, vy, "linear", backend, pcfg, 10)
+    raw = fit_and_score(tx, ty, vx, vy, "linear", backend, pcfg, 10, progress=progress)
     probes["raw_pixels"] = {"linear": {"train": raw["train"], "heldout": raw["heldout"]}}
-    plot = None
+    probe_table = {
+        k: {kind: v[kind] for kind in ("attentive", "linear") if kind in v}
+        for k, v in probes.items()
+    }
     try:
-        from .plot import plot_metrics
-
         plot = str(plot_metrics(run_dir, out_dir / "loss.png", title="AIMv2 pre-training"))
-    except (ImportError, ValueError, FileNotFoundError):
+    except (ValueError, FileNotFoundError):  # a resumed run that logged no rows
         plot = None
+    probe_plot = str(plot_probes(probe_table, out_dir / "probes.png"))
     report = {
         "data": DATA,
         "preset": PRESET,
@@ -100,13 +105,11 @@ def run(
         "final_loss": {k: trained.get(k) for k in ("loss", "pixel_loss", "text_loss")},
         "heldout_caption_loss": trained.get("heldout_text_loss"),
         "heldout_caption_loss_blank_image": trained.get("heldout_text_loss_blank_image"),
-        "probes": {
-            k: {kind: v[kind] for kind in ("attentive", "linear") if kind in v}
-            for k, v in probes.items()
-        },
+        "probes": probe_table,
         "pretrain_s": t_pre,
         "wall_s": time.perf_counter() - t0,
         "loss_plot": plot,
+        "probe_plot": probe_plot,
     }
     atomic.write_json(out_dir / "report.json", report)
     atomic.write_text(out_dir / "report.md", format_report(report))
@@ -123,6 +126,9 @@ def format_report(r: dict[str, Any]) -> str:
     Example:
         >>> format_report({"probes": {}, "final_loss": {}}).splitlines()[0]
         '# AIMv2 quickstart report'
+        >>> r = {"probes": {}, "final_loss": {}, "loss_plot": "l", "probe_plot": "p"}
+        >>> [line for line in format_report(r).splitlines() if line.startswith("![")]
+        ['![loss curves](loss.png)', '![probe accuracies](probes.png)']
     """
     lines = [
         "# AIMv2 quickstart report",
@@ -161,4 +167,6 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"Wall time {r['wall_s']:.0f} s (pre-training {r['pretrain_s']:.0f} s).")
     if r.get("loss_plot"):
         lines += ["", "![loss curves](loss.png)"]
+    if r.get("probe_plot"):
+        lines += ["", "![probe accuracies](probes.png)"]
     return "\n".join(lines) + "\n"

@@ -22,6 +22,7 @@ from .. import atomic
 from ..backend import BACKENDS, backend_of, build
 from ..data import preprocess
 from ..probe import ProbeConfig, extract_features, probe_encoder
+from ..progress import Progress
 from ..quickstart import format_report, run
 from .common import load_encoder, load_spec
 
@@ -49,7 +50,14 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
-        result = probe_encoder(encoder, args.data, args.backend, cfg, cache_dir=out / "features")
+        result = probe_encoder(
+            encoder,
+            args.data,
+            args.backend,
+            cfg,
+            cache_dir=out / "features",
+            progress=not args.quiet,
+        )
     except (ValueError, FileNotFoundError) as err:
         print(f"aimv2 probe: {err}", file=sys.stderr)
         return 2
@@ -79,6 +87,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         return 2
     be = backend_of(encoder)
     chunks = []
+    shown = Progress(len(files), "extract", unit="images", enabled=not args.quiet)
     for i in range(0, len(files), args.batch_size):
         feats = extract_features(
             encoder, preprocess(files[i : i + args.batch_size], encoder.spec), args.batch_size
@@ -87,6 +96,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
             feats = feats.mean(axis=1)
         elif args.pool == "attn":
             if getattr(encoder.spec, "head", None) is None:
+                shown.close()
                 print(
                     "aimv2 extract: --pool attn needs an encoder with an attention-pooling "
                     "head (e.g. the -lit checkpoint)",
@@ -95,9 +105,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
                 return 2
             feats = be.to_numpy(encoder.head(be.to_model(encoder, feats)))
         chunks.append(feats)
-        done = min(i + args.batch_size, len(files))
-        print(f"\rextract: {done}/{len(files)} images", end="", file=sys.stderr, flush=True)
-    print(file=sys.stderr)
+        shown.moveto(min(i + args.batch_size, len(files)))  # closes itself at the end
     out = np.concatenate(chunks)
     target = args.out if args.out.endswith(".npy") else args.out + ".npy"  # as np.save names it
     with atomic.atomic_file(target) as tmp, open(tmp, "wb") as fh:
@@ -155,6 +163,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--blocks", type=int, default=1, help="average the last k blocks")
     p.add_argument("--no-normalize", action="store_true", help="skip feature standardization")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("extract", help="features of a folder or glob of images to .npy")
@@ -164,4 +173,5 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--pool", choices=["none", "mean", "attn"], default="none")
     p.add_argument("--backend", default="torch", choices=BACKENDS)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=_cmd_extract)

@@ -50,6 +50,7 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="stored dtype")
     p.add_argument("--shard-size", help="shard transformers/official weights, e.g. 5GB")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_convert)
     return p
 
@@ -59,7 +60,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
     Example:
         >>> cmd_convert(argparse.Namespace(src="/nonexistent", dst="/tmp/x", to="mlx",
-        ...             backend=None, preset=None, dtype=None, shard_size=None, overwrite=False))
+        ...             backend=None, preset=None, dtype=None, shard_size=None, overwrite=False,
+        ...             quiet=True))
         2
     """
     preset = None if not args.preset else _load_spec(args.preset)
@@ -73,6 +75,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             max_shard_size=args.shard_size,
             overwrite=args.overwrite,
+            progress=not args.quiet,
         )
         det = detect(out)
     except (FormatError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:

@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .. import checkpoint as _ckpt
 from .. import specs as S
 from ..atomic import atomic_directory, write_json
 from ..backend import backend_of
+from ..progress import Progress
 from ..weights import parameters
 from .configs import processor_config, timm_config, transformers_config
 from .detect import Detected, PathLike, detect
@@ -106,6 +108,7 @@ def save_pretrained(
     dtype: str | None = None,
     max_shard_size: int | str | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Write ``model`` (built by :func:`aimv2.build` or
     :func:`~aimv2.formats.from_pretrained`, torch or MLX) to ``path`` in ``format``;
@@ -125,8 +128,9 @@ def save_pretrained(
     Of a pre-training model, the non-``aimv2`` formats take the encoder. ``dtype`` stores
     floats as ``"float32"``, ``"bfloat16"`` or ``"float16"`` (None: the model's dtype;
     ``aimv2`` defaults to float32). Writes go to a temporary file or folder renamed into
-    place, one tensor at a time. An existing model folder is replaced only with
-    ``overwrite=True``; a folder holding other files never is.
+    place, one tensor at a time (``progress=True`` counts them on stderr). An existing
+    model folder is replaced only with ``overwrite=True``; a folder holding other files
+    never is.
 
     Example:
         >>> import tempfile, aimv2
@@ -144,6 +148,7 @@ def save_pretrained(
         dtype_code(dtype),
         _parse_size(max_shard_size),
         overwrite,
+        progress,
     )
 
 
@@ -157,13 +162,14 @@ def convert(
     dtype: str | None = None,
     max_shard_size: int | str | None = None,
     overwrite: bool = False,
+    progress: bool = False,
 ) -> Path:
     """Convert a checkpoint to format ``to``; returns the path written.
 
     With ``backend=None`` tensors stream from file to file through NumPy (no framework, one
     tensor in memory at a time); with ``"torch"``/``"mlx"`` the model is built first (a full
-    load check). ``preset``, ``dtype``, ``max_shard_size`` and ``overwrite`` are as in
-    :func:`~aimv2.formats.from_pretrained` / :func:`save_pretrained`.
+    load check). ``preset``, ``dtype``, ``max_shard_size``, ``overwrite`` and ``progress``
+    are as in :func:`~aimv2.formats.from_pretrained` / :func:`save_pretrained`.
 
     Example:
         >>> import tempfile, aimv2
@@ -177,7 +183,13 @@ def convert(
     if backend is not None:
         model = from_pretrained(src, backend=backend, preset=preset)
         return save_pretrained(
-            model, dst, to, dtype=dtype, max_shard_size=max_shard_size, overwrite=overwrite
+            model,
+            dst,
+            to,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            overwrite=overwrite,
+            progress=progress,
         )
     det = detect(src, preset=preset)
     return _write_format(
@@ -187,6 +199,7 @@ def convert(
         dtype_code(dtype),
         _parse_size(max_shard_size),
         overwrite,
+        progress,
     )
 
 
@@ -197,6 +210,7 @@ def _write_format(
     code: str | None,
     limit: int | None,
     overwrite: bool,
+    progress: bool = False,
 ) -> Path:
     full = src.spec
     enc = full.encoder if isinstance(full, S.ModelSpec) else full
@@ -210,6 +224,8 @@ def _write_format(
         entries = _entries(src, full, "aimv2", "", code or "F32")
     else:
         entries = _entries(src, enc, fmt, prefix, code)
+    if progress:
+        entries = _counted(entries, Progress(len(entries), f"write {fmt}", unit="tensors"))
     first = entries[0].code
     meta = {"format": "mlx" if fmt == "mlx" else "pt"}
     if fmt != "aimv2":
@@ -258,6 +274,20 @@ def _entries(src: Canonical, spec: S.Spec, fmt: str, prefix: str, code: str | No
 
             out.append(Entry(key, shape, code or src.codes[full], produce))
     return out
+
+
+def _counted(entries: list[Entry], shown: Progress) -> list[Entry]:
+    """``entries`` whose producers tick ``shown`` once each (it closes after the last)."""
+
+    def ticking(produce: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+        def run() -> np.ndarray:
+            value = produce()
+            shown.update(1)
+            return value
+
+        return run
+
+    return [dataclasses.replace(e, produce=ticking(e.produce)) for e in entries]
 
 
 def _check_exportable(spec: S.EncoderSpec, fmt: str) -> None:

@@ -12,11 +12,13 @@ Example:
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+from tqdm import tqdm
 
 from .. import atomic
+from .. import progress as _progress
 
 __all__ = ["Metrics", "Progress"]
 
@@ -45,28 +47,55 @@ class Metrics:
 
 
 class Progress:
-    """One status line, rewritten in place on a terminal, one line per log otherwise."""
+    """Training progress: a tqdm bar on a terminal, one plain line per log interval otherwise.
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    Both show step/total, the loss with its pixel and text terms, the learning rate,
+    images per second and the estimated time left; the plain line keeps the format
+    CI logs and the tests read (``... 5/10 loss 1.2345 (pixel ... text ...) ...``).
+
+    Example:
+        >>> import io
+        >>> log = io.StringIO()
+        >>> p = Progress(10, True, file=log)
+        >>> row = {"loss": 1.5, "pixel_loss": 0.5, "text_loss": 1.3, "lr": 1e-3,
+        ...        "images_per_s": 512.0}
+        >>> p.update(5, row, eta=12.0); p.close()
+        >>> log.getvalue()
+        '[############------------] 5/10 loss 1.5000 (pixel 0.5000 text 1.3000) lr 1.00e-03 512 img/s eta 12s\\n'
+    """
+
+    def __init__(self, total: int, enabled: bool, *, file: TextIO | None = None) -> None:
         self.total, self.enabled = total, enabled
-        self.tty = enabled and sys.stderr.isatty()
+        # The loop's eta counts only this run's steps (a resumed run starts mid-way),
+        # so the bar shows it rather than tqdm's own estimate.
+        self._shown = _progress.Progress(
+            total,
+            "pretrain",
+            unit="steps",
+            enabled=enabled,
+            interval=0,
+            file=file,
+            bar_format=_progress.OWN_ETA_FORMAT,
+        )
+        self.tty = self._shown.tty
 
     def update(self, step: int, row: dict[str, Any], eta: float) -> None:
         """Show ``row`` at ``step`` with the estimated seconds left."""
         if not self.enabled:
             return
+        status = (
+            f"loss {row['loss']:.4f} (pixel {row['pixel_loss']:.4f} text {row['text_loss']:.4f}) "
+            f"lr {row['lr']:.2e} {row['images_per_s']:.0f} img/s"
+        )
+        if self.tty:
+            self._shown.moveto(step, f"{status} eta {tqdm.format_interval(eta)}")
+            return
         width = 24
         done = int(width * step / max(self.total, 1))
         bar = "#" * done + "-" * (width - done)
-        msg = (
-            f"[{bar}] {step}/{self.total} loss {row['loss']:.4f} "
-            f"(pixel {row['pixel_loss']:.4f} text {row['text_loss']:.4f}) "
-            f"lr {row['lr']:.2e} {row['images_per_s']:.0f} img/s eta {eta:.0f}s"
-        )
-        sys.stderr.write(("\r" + msg) if self.tty else (msg + "\n"))
-        sys.stderr.flush()
+        line = f"[{bar}] {step}/{self.total} {status} eta {eta:.0f}s"
+        self._shown.moveto(step, line=line)
 
     def close(self) -> None:
         """End the status line."""
-        if self.tty:
-            sys.stderr.write("\n")
+        self._shown.close()
