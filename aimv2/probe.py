@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,17 +54,19 @@ class ProbeConfig:
         3.0
     """
 
-    epochs: int = 100
-    batch_size: int = 256
-    lr: float = 5e-3
-    min_lr: float = 1e-6
-    warmup_frac: float = 0.1
-    weight_decay: float = 0.05
-    clip_norm: float = 3.0
-    heads: int = 8
-    normalize: bool = True
-    blocks: int = 1
-    seed: int = 0
+    epochs: int = field(default=100, metadata={"help": "passes over the training features"})
+    batch_size: int = field(default=256, metadata={"help": "features per update"})
+    lr: float = field(default=5e-3, metadata={"help": "peak learning rate"})
+    min_lr: float = field(default=1e-6, metadata={"help": "final learning rate"})
+    warmup_frac: float = field(default=0.1, metadata={"help": "share of the updates warming up"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    clip_norm: float = field(default=3.0, metadata={"help": "global gradient-norm clip"})
+    heads: int = field(default=8, metadata={"help": "attention heads of the attentive probe"})
+    normalize: bool = field(
+        default=True, metadata={"help": "standardize features per channel (train statistics)"}
+    )
+    blocks: int = field(default=1, metadata={"help": "average the outputs of the last k blocks"})
+    seed: int = field(default=0, metadata={"help": "probe initialization and batch order"})
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "heads", "blocks"):

@@ -25,8 +25,16 @@ from ..probe import ProbeConfig, extract_features, probe_encoder
 from ..progress import Progress
 from ..quickstart import format_report, run
 from .common import load_encoder, load_spec
+from .flags import Flag, add_config_flags, config_from_args
 
 __all__ = ["add_parsers"]
+
+
+# Where a probe flag differs from its ProbeConfig field; every other field is a flag of its
+# own name, type and default.
+PROBE_FLAGS = {
+    "normalize": Flag("--no-normalize", invert=True, help="skip feature standardization"),
+}
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
@@ -40,13 +48,7 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     else:
         spec = load_spec(args.preset)
         encoder = build(getattr(spec, "encoder", spec), args.backend, seed=args.seed)
-    cfg = ProbeConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        blocks=args.blocks,
-        seed=args.seed,
-        normalize=not args.no_normalize,
-    )
+    cfg = config_from_args(ProbeConfig, args, PROBE_FLAGS)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -158,12 +160,8 @@ def add_parsers(sub: Any) -> None:
     )
     p.add_argument("--backend", default="torch", choices=BACKENDS)
     p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--blocks", type=int, default=1, help="average the last k blocks")
-    p.add_argument("--no-normalize", action="store_true", help="skip feature standardization")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_config_flags(p, ProbeConfig, PROBE_FLAGS)
     p.set_defaults(func=_cmd_probe)
 
     p = sub.add_parser("extract", help="features of a folder or glob of images to .npy")
