@@ -44,6 +44,8 @@ __all__ = [
     "save_file",
     "save_streaming",
     "cast",
+    "Stored",
+    "STORED_OPS",
 ]
 
 PathLike = str | os.PathLike
@@ -58,8 +60,40 @@ DTYPE_CODES: dict[str, Any] = {
 _NAMES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16"}
 
 
+# How the stored parts of a canonical tensor combine (``Stored.op``); each backend reads
+# the parts with its own framework and applies these itself.
+STORED_OPS = {
+    "copy": "the one part as it is",
+    "pos": "the one part with a leading axis added: (N, D) -> (1, N, D)",
+    "qkv": "the parts (q, k, v) concatenated along axis 0",
+    "conv_mlx": "the one part from MLX's (out, kH, kW, in) to (out, in, kH, kW)",
+}
+
+
 class FormatError(ValueError):
     """A checkpoint file or folder is malformed, or does not match what it must hold."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """Where a canonical tensor is stored: ``parts`` as ``(file, key)`` pairs, combined by
+    ``op`` (one of :data:`STORED_OPS`) into the canonical (torch) layout. A backend's
+    ``load_weights`` reads these with its own framework (``safe_open(..., framework="pt")``
+    straight to the target device; ``mx.load``), one tensor at a time.
+
+    Example:
+        >>> Stored((("model.safetensors", "trunk.blocks.0.attn.qkv.weight"),)).op
+        'copy'
+    """
+
+    parts: tuple[tuple[str, str], ...]
+    op: str = "copy"
+
+    def __post_init__(self) -> None:
+        if self.op not in STORED_OPS:
+            raise ValueError(f"Stored.op={self.op!r}: expected one of {sorted(STORED_OPS)}")
+        if not self.parts:
+            raise ValueError("Stored.parts: expected at least one (file, key) pair")
 
 
 @dataclass(frozen=True)

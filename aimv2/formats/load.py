@@ -22,11 +22,9 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from ..backend import load_backend
+from ..tensorfiles import Stored
 from .detect import Detected, PathLike, detect
-from .names import combine
 from .writer import DTYPE_CODES, DTYPE_NAMES
 
 __all__ = ["from_pretrained"]
@@ -67,7 +65,7 @@ def from_pretrained(
     target = _native_dtype(be, dtype)  # so does a dtype the backend cannot hold
     place = be.native_device(device)  # and a device it cannot place weights on
     det = detect(path, preset=preset)
-    return be.load_weights(det.spec, _iter_canonical(det), dtype=target, device=place)
+    return be.load_weights(det.spec, _stored(det), dtype=target, device=place)
 
 
 def _native_dtype(be: ModuleType, dtype: Any) -> Any:
@@ -82,16 +80,12 @@ def _native_dtype(be: ModuleType, dtype: Any) -> Any:
         raise
 
 
-def _iter_canonical(det: Detected) -> Iterator[tuple[str, np.ndarray]]:
-    """(canonical name, float array in torch layout), one parameter at a time, in file order."""
+def _stored(det: Detected) -> Iterator[tuple[str, Stored]]:
+    """(canonical name, where its parts are stored), one parameter at a time, in file
+    order; the backend reads them with its own framework."""
     store = det.store
     assert store is not None
-    plan = det.plan()
-
     order = {key: i for i, key in enumerate(store.tensors)}  # file by file, header order
-
-    def position(item: tuple[str, tuple[tuple[str, ...], str]]) -> int:
-        return order[item[1][0][0]]
-
-    for name, (src, op) in sorted(plan.items(), key=position):
-        yield name, combine(op, [store.read(key) for key in src])
+    plan = sorted(det.plan().items(), key=lambda item: order[item[1][0][0]])
+    for name, (src, op) in plan:
+        yield name, Stored(tuple((str(store.tensors[k][0]), k) for k in src), op)

@@ -22,6 +22,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
 from aimv2 import specs as S
+from aimv2.tensorfiles import Stored
 from aimv2.weights import check_weights
 
 from .arrays import dtype_name, native_device, native_dtype, to_numpy
@@ -64,14 +65,15 @@ def set_weights(module: nn.Module, weights: Mapping[str, Any]) -> None:
 
 def load_weights(
     spec: S.Spec,
-    tensors: Iterable[tuple[str, np.ndarray]],
+    tensors: Iterable[tuple[str, np.ndarray | Stored]],
     *,
     dtype: Any = None,
     device: Any = None,
 ) -> nn.Module:
-    """Build ``spec`` in ``dtype`` and stream canonical ``(name, array)`` pairs into it one
+    """Build ``spec`` in ``dtype`` and stream canonical ``(name, value)`` pairs into it one
     at a time (MLX is lazy: the module's own initial values are never computed); every
-    parameter must arrive exactly once. ``device`` (``"cpu"``/``"gpu"``; memory is
+    parameter must arrive exactly once. A value is a NumPy array, or a
+    :class:`~aimv2.tensorfiles.Stored` read here with ``mx.load`` (no NumPy copy). ``device`` (``"cpu"``/``"gpu"``; memory is
     unified) becomes MLX's default device.
 
     Example:
@@ -87,22 +89,39 @@ def load_weights(
         module.set_dtype(target)
     current = dict(tree_flatten(module.parameters()))
     seen: set[str] = set()
-    for name, arr in tensors:
+    files: dict[str, dict[str, mx.array]] = {}  # mx.load is lazy: a tensor is read when used
+    for name, value in tensors:
         if name not in current:
             raise KeyError(f"load_weights: {name!r} is not a parameter of {spec.kind!r}")
         if name in seen:
             raise KeyError(f"load_weights: {name!r} arrived twice")
         seen.add(name)
-        arr = np.asarray(arr)
-        if arr.dtype == np.float64:
-            arr = arr.astype(np.float32)
-        value = to_mlx(module.spec, name, mx.array(arr)).astype(current[name].dtype)
+        if isinstance(value, Stored):
+            for path, _ in value.parts:
+                if path not in files:
+                    files[path] = mx.load(path)
+            arr = _combine(value.op, [files[path][key] for path, key in value.parts])
+        else:
+            arr = np.asarray(value)
+            arr = mx.array(arr.astype(np.float32) if arr.dtype == np.float64 else arr)
+        value = to_mlx(module.spec, name, arr).astype(current[name].dtype)
         mx.eval(value)
         module.update(tree_unflatten([(name, value)]))
     missing = sorted(set(current) - seen)
     if missing:
         raise KeyError(f"load_weights: {len(missing)} parameters never arrived: {missing[:5]}")
     return module
+
+
+def _combine(op: str, parts: list[mx.array]) -> mx.array:
+    """The canonical tensor that stored ``parts`` make under ``op`` (STORED_OPS)."""
+    if op == "qkv":
+        return mx.concatenate(parts, axis=0)
+    if op == "pos":
+        return parts[0][None]
+    if op == "conv_mlx":
+        return parts[0].transpose(0, 3, 1, 2)
+    return parts[0]
 
 
 def weight_dtypes(module: nn.Module) -> dict[str, str]:

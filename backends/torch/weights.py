@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from aimv2 import specs as S
+from aimv2.tensorfiles import Stored
 from aimv2.weights import check_weights
 
 from .arrays import dtype_name, native_device, native_dtype, to_numpy
@@ -60,14 +62,16 @@ def set_weights(module: nn.Module, weights: Mapping[str, Any]) -> None:
 
 def load_weights(
     spec: S.Spec,
-    tensors: Iterable[tuple[str, np.ndarray]],
+    tensors: Iterable[tuple[str, np.ndarray | Stored]],
     *,
     dtype: Any = None,
     device: Any = None,
 ) -> nn.Module:
     """Build ``spec`` directly in ``dtype`` on ``device`` (no random init, no float32 copy)
-    and copy canonical ``(name, array)`` pairs into it one at a time; every parameter must
-    arrive exactly once.
+    and copy canonical ``(name, value)`` pairs into it one at a time; every parameter must
+    arrive exactly once. A value is a NumPy array, or a :class:`~aimv2.tensorfiles.Stored`
+    read here with ``safe_open(..., framework="pt")`` straight onto ``device`` (no NumPy
+    copy).
 
     Example:
         >>> m = load_weights(S.NormSpec(width=2), [("weight", np.ones(2))], dtype="bfloat16")
@@ -85,18 +89,40 @@ def load_weights(
     module = module.to_empty(device=native_device(device) or "cpu")
     params = dict(module.named_parameters())
     seen: set[str] = set()
+    place = native_device(device) or torch.device("cpu")
+    def part(path: str, key: str) -> torch.Tensor:
+        # one mapping per tensor: the file's pages are released as soon as each is copied,
+        # so resident memory stays the model plus one tensor
+        with safe_open(path, framework="pt", device=str(place)) as f:
+            return f.get_tensor(key)
+
     with torch.no_grad():
-        for name, arr in tensors:
+        for name, value in tensors:
             if name not in params:
                 raise KeyError(f"load_weights: {name!r} is not a parameter of {spec.kind!r}")
             if name in seen:
                 raise KeyError(f"load_weights: {name!r} arrived twice")
             seen.add(name)
-            params[name].copy_(torch.from_numpy(np.ascontiguousarray(arr)))
+            if isinstance(value, Stored):
+                src = _combine(value.op, [part(path, key) for path, key in value.parts])
+            else:
+                src = torch.from_numpy(np.ascontiguousarray(value))
+            params[name].copy_(src)
     missing = sorted(set(params) - seen)
     if missing:
         raise KeyError(f"load_weights: {len(missing)} parameters never arrived: {missing[:5]}")
     return module
+
+
+def _combine(op: str, parts: list[torch.Tensor]) -> torch.Tensor:
+    """The canonical tensor that stored ``parts`` make under ``op`` (STORED_OPS)."""
+    if op == "qkv":
+        return torch.cat(parts, dim=0)
+    if op == "pos":
+        return parts[0][None]
+    if op == "conv_mlx":
+        return parts[0].permute(0, 3, 1, 2)
+    return parts[0]
 
 
 def weight_dtypes(module: nn.Module) -> dict[str, str]:
