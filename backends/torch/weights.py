@@ -90,6 +90,7 @@ def load_weights(
     params = dict(module.named_parameters())
     seen: set[str] = set()
     place = native_device(device) or torch.device("cpu")
+
     def part(path: str, key: str) -> torch.Tensor:
         # one mapping per tensor: the file's pages are released as soon as each is copied,
         # so resident memory stays the model plus one tensor
