@@ -149,8 +149,11 @@ def get_weights(model: Any) -> dict[str, np.ndarray]:
     return backend_of(model).get_weights(model)
 
 
-def set_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
-    """Load canonical weights into ``model``; strict (lists missing/unexpected/mis-shaped).
+def set_weights(
+    model: Any, weights: Mapping[str, np.ndarray], *, allow_nonfinite: bool = False
+) -> None:
+    """Load canonical weights into ``model``: strict about names and shapes, values numeric
+    and finite (``allow_nonfinite=True`` to inspect a diverged run), all or nothing.
 
     Example:
         >>> import aimv2, numpy as np
@@ -159,4 +162,4 @@ def set_weights(model: Any, weights: Mapping[str, np.ndarray]) -> None:
         >>> aimv2.get_weights(m)["weight"].tolist()
         [2.0, 2.0, 2.0, 2.0]
     """
-    backend_of(model).set_weights(model, weights)
+    backend_of(model).set_weights(model, weights, allow_nonfinite=allow_nonfinite)

@@ -35,12 +35,15 @@ import numpy as np
 
 from . import atomic
 from . import specs as S
-from .tensorfiles import load_file, save_file
+from .tensorfiles import FormatError, load_file, read_header, save_file
 from .weights import WeightsError, check_weights
 
 __all__ = [
     "Checkpoint",
     "CheckpointError",
+    "Intact",
+    "verify",
+    "newest_intact",
     "save",
     "load",
     "latest",
@@ -70,8 +73,8 @@ class Checkpoint:
 
     @property
     def step(self) -> int:
-        """Training steps completed when it was written."""
-        return int(self.state.get("step", 0))
+        """Training steps completed when it was written (validated on load)."""
+        return int(self.state["step"])
 
 
 def directory(out_dir: str | os.PathLike, step: int) -> Path:
@@ -107,7 +110,12 @@ def save(
     for leftover in (".ckpt-*.tmp*", ".ckpt-*.old*"):  # of a run killed mid-save
         atomic.remove_stale(out, leftover)
     final = directory(out, step)
-    with atomic.atomic_directory(final) as tmp:
+    if final.exists():
+        raise CheckpointError(
+            f"{final.name} exists under {str(out)!r}: a checkpoint is never overwritten "
+            f"(resume from the newest, or write the run to another --out)"
+        )
+    with atomic.atomic_directory(final, replace=False) as tmp:
         save_file(
             {k: np.asarray(v, np.float32) for k, v in weights.items()},
             tmp / "model.safetensors",
@@ -121,6 +129,9 @@ def save(
             )
         body = {"format": FORMAT, "version": 1, "spec": spec.to_dict(), "step": int(step)}
         body.update(state or {})
+        # the manifest: a checkpoint whose files are not all there, whole, is not complete
+        names = ["model.safetensors"] + (["optimizer.safetensors"] if optimizer is not None else [])
+        body["files"] = {n: (tmp / n).stat().st_size for n in names}
         atomic.write_json(tmp / "state.json", body, sort_keys=True)
     if keep is not None and keep > 0:
         for old in complete(out)[:-keep]:
@@ -140,11 +151,106 @@ def complete(out_dir: str | os.PathLike) -> list[Path]:
     if not out.is_dir():
         return []
     found = []
+    for p, _ in _candidates(out):
+        try:
+            verify(p)
+        except CheckpointError:
+            continue
+        found.append(p)
+    return found
+
+
+def _candidates(out: Path) -> list[tuple[Path, int]]:
+    """Checkpoint directories by name (``ckpt-<8 digits>``), oldest first."""
+    found = []
     for p in out.iterdir():
         m = _NAME.match(p.name)
-        if m and (p / "state.json").is_file() and (p / "model.safetensors").is_file():
-            found.append((int(m.group(1)), p))
-    return [p for _, p in sorted(found)]
+        if m and p.is_dir():
+            found.append((p, int(m.group(1))))
+    return sorted(found, key=lambda item: item[1])
+
+
+@dataclass
+class Intact:
+    """The newest intact checkpoint of a run (``path``, None if there is none) and the
+    newer ones found damaged, each with the reason."""
+
+    path: Path | None
+    damaged: list[tuple[Path, str]]
+
+
+def newest_intact(out_dir: str | os.PathLike) -> Intact:
+    """The newest checkpoint under ``out_dir`` that :func:`verify` accepts, and every
+    newer one it refused (a truncated file, a missing optimizer state, bad metadata…).
+
+    Example:
+        >>> import tempfile
+        >>> newest_intact(tempfile.mkdtemp())
+        Intact(path=None, damaged=[])
+    """
+    out = Path(out_dir)
+    damaged: list[tuple[Path, str]] = []
+    if not out.is_dir():
+        return Intact(None, damaged)
+    for p, _ in reversed(_candidates(out)):
+        try:
+            verify(p)
+        except CheckpointError as err:
+            damaged.append((p, str(err)))
+            continue
+        return Intact(p, damaged)
+    return Intact(None, damaged)
+
+
+def verify(path: str | os.PathLike) -> dict[str, Any]:
+    """Check a checkpoint without loading its tensors and return its ``state.json``:
+    the metadata (format, a spec, a ``step`` that matches the directory's name), and
+    every file its manifest lists, present, of the recorded size, with a readable header.
+
+    Example:
+        >>> import tempfile, aimv2
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> verify(save(tempfile.mkdtemp(), 2, spec, aimv2.init_weights(spec)))["step"]
+        2
+    """
+    path = Path(path)
+    where = f"checkpoint {str(path)!r}"
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        raise CheckpointError(f"{where}: no state.json (not a complete checkpoint)")
+    try:
+        state = json.loads(state_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{where}: state.json is not JSON ({err})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        got = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{where}: format {got!r} is not {FORMAT!r}")
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{where}: state.json has no valid 'step' (got {step!r})")
+    m = _NAME.match(path.name)
+    if m and int(m.group(1)) != step:
+        raise CheckpointError(
+            f"{where}: state.json says step {step}, but the directory is {path.name}"
+        )
+    if not isinstance(state.get("spec"), dict):
+        raise CheckpointError(f"{where}: state.json holds no spec")
+    files = state.get("files", {"model.safetensors": None})  # checkpoints before manifests
+    if not isinstance(files, dict) or "model.safetensors" not in files:
+        raise CheckpointError(f"{where}: state.json's file manifest is malformed")
+    for name, size in files.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{where}: {name} is missing")
+        if size is not None and f.stat().st_size != size:
+            raise CheckpointError(
+                f"{where}: {name} is damaged ({f.stat().st_size} bytes, written as {size})"
+            )
+        try:
+            read_header(f)
+        except FormatError as err:
+            raise CheckpointError(f"{where}: {name} is damaged ({err})") from None
+    return state
 
 
 def latest(out_dir: str | os.PathLike) -> Path | None:
@@ -172,19 +278,7 @@ def load(path: str | os.PathLike, spec: S.Spec | None = None, optimizer: bool = 
     path = Path(path)
     if path.name == "state.json":
         path = path.parent
-    state_file = path / "state.json"
-    if not state_file.is_file():
-        raise CheckpointError(
-            f"checkpoint {str(path)!r}: no state.json (not a complete checkpoint)"
-        )
-    try:
-        state = json.loads(state_file.read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"checkpoint {str(path)!r}: state.json is not JSON ({err})") from err
-    if state.get("format") != FORMAT:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r}: format {state.get('format')!r} is not {FORMAT!r}"
-        )
+    state = verify(path)
     try:
         saved = S.from_dict(state["spec"])
     except S.SpecError as err:  # e.g. a user component whose module is not imported
@@ -196,15 +290,24 @@ def load(path: str | os.PathLike, spec: S.Spec | None = None, optimizer: bool = 
             f"checkpoint {str(path)!r} holds a different spec than this run "
             f"({_spec_diff(saved, spec)})"
         )
-    weights = load_file(path / "model.safetensors")
+    weights = _read(path, "model.safetensors")
     try:
         check_weights(saved, weights, where=f"checkpoint {str(path)!r} weights")
     except WeightsError as err:
         raise CheckpointError(str(err)) from err
     opt = None
-    if optimizer and (path / "optimizer.safetensors").is_file():
-        opt = load_file(path / "optimizer.safetensors")
+    if optimizer and "optimizer.safetensors" in state.get("files", {}):
+        opt = _read(path, "optimizer.safetensors")
+    elif optimizer and "files" not in state and (path / "optimizer.safetensors").is_file():
+        opt = _read(path, "optimizer.safetensors")
     return Checkpoint(path=path, spec=saved, weights=weights, optimizer=opt, state=state)
+
+
+def _read(path: Path, name: str) -> dict[str, np.ndarray]:
+    try:
+        return load_file(path / name)
+    except FormatError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {name} is damaged ({err})") from None
 
 
 def _spec_diff(a: S.Spec, b: S.Spec, prefix: str = "") -> str:

@@ -154,17 +154,20 @@ class Backend(Protocol):
         """Canonical name -> NumPy array (torch layouts) of every parameter."""
         ...
 
-    def set_weights(self, module: Any, weights: Mapping[str, Any]) -> None:
-        """Load canonical weights after a strict name/shape check."""
+    def set_weights(
+        self, module: Any, weights: Mapping[str, Any], *, allow_nonfinite: bool = False
+    ) -> None:
+        """Load canonical weights after a strict name/shape/value check, all or nothing."""
         ...
 
     def load_weights(
         self,
         spec: Spec,
-        tensors: Iterable[tuple[str, np.ndarray]],
+        tensors: Iterable[tuple[str, Any]],
         *,
         dtype: Any = None,
         device: Any = None,
+        allow_nonfinite: bool = False,
     ) -> Any:
         """Build ``spec`` in ``dtype`` on ``device`` and stream canonical tensors into it,
         one at a time (no second copy of a large model); every parameter must arrive."""

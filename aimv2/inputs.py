@@ -93,7 +93,11 @@ def check_pretrain_batch(spec: Any, batch: Mapping[str, Any]) -> None:
     from .masks import check_prefix_len
 
     images = np.asarray(batch["images"])
-    grid = spec.encoder.check_images(images.shape, True, images.dtype.kind)
+    finite, max_abs = True, None
+    if images.dtype.kind == "f" and images.size:
+        finite = bool(np.isfinite(images).all())
+        max_abs = float(np.abs(images).max()) if finite else None
+    grid = spec.encoder.check_images(images.shape, finite, images.dtype.kind, max_abs)
     b, n = images.shape[0], grid[0] * grid[1]
     tokens = batch.get("tokens")
     if spec.has_text_head:

@@ -88,11 +88,12 @@ def load_spec(text: str) -> S.Spec:
     """
     if text in _REGISTRY:
         return _REGISTRY[text]
-    if text.lstrip().startswith("{"):
+    if text.lstrip()[:1] in ("{", "["):
         try:
-            return S.from_json(text)
+            data = json.loads(text)
         except json.JSONDecodeError as err:
             raise S.SpecError(f"spec JSON: {err}") from None
+        return S.from_dict(data)
     path = Path(text)
     if path.suffix == ".json" or path.exists():
         if not path.is_file():

@@ -18,13 +18,22 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
 from . import specs as S
 from .specs import ParamInfo
 
-__all__ = ["ParamInfo", "WeightsError", "parameters", "init_weights", "check_weights"]
+__all__ = [
+    "ParamInfo",
+    "WeightsError",
+    "parameters",
+    "init_weights",
+    "check_weights",
+    "check_value",
+    "numeric_array",
+]
 
 
 class WeightsError(ValueError):
@@ -70,6 +79,8 @@ def init_weights(spec: S.Spec, seed: int = 0) -> dict[str, np.ndarray]:
         >>> init_weights(NormSpec(width=4))["weight"].tolist()
         [1.0, 1.0, 1.0, 1.0]
     """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise S.SpecError(f"seed={seed!r}: expected a non-negative integer")
     init = spec.init if isinstance(spec, S.ModelSpec) else S.InitSpec()
     depth = _decoder_depth(spec)
     out: dict[str, np.ndarray] = {}
@@ -125,3 +136,43 @@ def check_weights(spec: S.Spec, weights: Mapping[str, object], where: str = "wei
         if misshaped:
             parts.append(f"mis-shaped: {'; '.join(misshaped[:20])}")
         raise WeightsError(f"{where} do not match {type(spec).__name__}: " + "; ".join(parts))
+
+
+def numeric_array(name: str, value: Any, where: str = "weights") -> np.ndarray:
+    """``value`` as a NumPy array of numbers; strings, objects and the like are a
+    :class:`WeightsError` naming ``name`` (never a framework's cast error later).
+
+    Example:
+        >>> numeric_array("w", [1, 2]).dtype.kind
+        'i'
+        >>> numeric_array("w", ["a"])
+        Traceback (most recent call last):
+        ...
+        aimv2.weights.WeightsError: weights: w: expected a numeric array, got dtype <U1
+    """
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise WeightsError(f"{where}: {name}: expected a numeric array ({err})") from None
+    if arr.dtype.kind not in "biuf" and arr.dtype.name != "bfloat16":
+        raise WeightsError(f"{where}: {name}: expected a numeric array, got dtype {arr.dtype}")
+    return arr
+
+
+def check_value(
+    name: str, finite: bool, where: str = "weights", allow_nonfinite: bool = False
+) -> None:
+    """Raise :class:`WeightsError` naming ``name`` when its values are not all finite
+    (``allow_nonfinite=True``: load it anyway, e.g. to inspect a diverged run).
+
+    Example:
+        >>> check_value("trunk.x", finite=False)
+        Traceback (most recent call last):
+        ...
+        aimv2.weights.WeightsError: weights: trunk.x holds NaN or infinite values (pass allow_nonfinite=True to load it anyway)
+    """
+    if not finite and not allow_nonfinite:
+        raise WeightsError(
+            f"{where}: {name} holds NaN or infinite values (pass allow_nonfinite=True to load "
+            f"it anyway)"
+        )

@@ -56,7 +56,8 @@ def encoder(
     """
     raw = np.asarray(images)
     finite = raw.dtype.kind != "f" or bool(np.isfinite(raw).all())
-    grid = spec.check_images(raw.shape, finite, raw.dtype.kind)
+    max_abs = float(np.abs(raw).max()) if raw.dtype.kind == "f" and raw.size and finite else None
+    grid = spec.check_images(raw.shape, finite, raw.dtype.kind, max_abs)
     images = f64(raw)
     x = apply(spec.patchifier, sub(w, "preprocessor.patchifier."), images)
     x = apply(spec.pos_embed, sub(w, "preprocessor."), x, grid=grid)

@@ -225,14 +225,14 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     assert checkpoint.load(checkpoint.latest(tmp_path)).step == 5
 
 
-def test_nan_weights_from_init_stop_at_the_first_step(tmp_path):
+def test_nan_weights_from_init_are_refused_by_name_before_training(tmp_path):
     spec = aimv2.presets.get("aimv2-test-tiny")
     w = aimv2.init_weights(spec)
     w["pixel_head.weight"][:] = np.nan
     from aimv2.tensorfiles import save_file
 
     save_file(w, tmp_path / "bad.safetensors")
-    with pytest.raises(TrainingError, match="non-finite training values at update 1"):
+    with pytest.raises(TrainingError, match=r"--init .*pixel_head.weight holds NaN or infinite"):
         pretrain(_cfg(tmp_path / "run", init=str(tmp_path / "bad.safetensors")))
     assert checkpoint.latest(tmp_path / "run") is None
 

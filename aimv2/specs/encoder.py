@@ -10,13 +10,16 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from .base import ParamInfo, Spec, SpecError, check_slot, nested, one_of, require
+from .base import ParamInfo, Spec, SpecError, check_slot, nested, one_of, positive_int, require
 from .layers import AttentionPoolSpec, NormSpec, PatchEmbedSpec, PosEmbedSpec, TrunkSpec, block_spec
 
 __all__ = [
+    "WARN_INPUT",
+    "MAX_INPUT",
     "CLIP_MEAN",
     "CLIP_STD",
     "IMAGENET_MEAN",
@@ -25,6 +28,12 @@ __all__ = [
     "EncoderSpec",
     "encoder_spec",
 ]
+
+# The input range of an encoder: normalized pixels are O(1) (CLIP or ImageNet statistics
+# map [0, 1] into about [-2.2, 2.7]). Past WARN_INPUT they look unnormalized; past
+# MAX_INPUT float32 attention scores overflow (|x|² · width).
+WARN_INPUT = 50.0
+MAX_INPUT = 1e4
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -214,9 +223,19 @@ class EncoderSpec(Spec):
         return nested(*parts)
 
     def check_images(
-        self, shape: tuple[int, ...], finite: bool = True, dtype_kind: str = "f"
+        self,
+        shape: tuple[int, ...],
+        finite: bool = True,
+        dtype_kind: str = "f",
+        max_abs: float | None = None,
     ) -> tuple[int, int]:
-        """Validate an image batch shape (B, C, H, W); return its patch grid (rows, cols).
+        """Validate an image batch shape (B, C, H, W) and, given ``max_abs`` (the largest
+        absolute value), its range; return its patch grid (rows, cols).
+
+        Encoder inputs are normalized pixels, of order 1 (:func:`aimv2.preprocess`): values
+        beyond :data:`MAX_INPUT` are refused (they overflow float32 attention scores or
+        drown every other input), and values beyond :data:`WARN_INPUT` warn (they look like
+        unnormalized 0–255 pixels).
 
         Example:
             >>> import aimv2
@@ -254,6 +273,17 @@ class EncoderSpec(Spec):
             )
         if not finite:
             raise ValueError("images: contains NaN or infinite values")
+        if max_abs is not None and max_abs > MAX_INPUT:
+            raise ValueError(
+                f"images: values reach {max_abs:.3g}; encoder inputs are normalized pixels of "
+                f"order 1 (aimv2.preprocess), and beyond {MAX_INPUT:g} float32 overflows"
+            )
+        if max_abs is not None and max_abs > WARN_INPUT:
+            warnings.warn(
+                f"images: values reach {max_abs:.3g}; encoder inputs are normalized pixels of "
+                f"order 1 — are these unnormalized 0-255 pixels? (aimv2.preprocess)",
+                stacklevel=3,
+            )
         return (h // p, w // p)
 
 
@@ -295,8 +325,23 @@ def encoder_spec(
         >>> encoder_spec(64, 1, 2, ffn=FeedForwardSpec(64, 96, type="gelu")).trunk.block.mlp.hidden
         96
     """
-    if isinstance(image_size, int):
+    for name, value in (("width", width), ("depth", depth), ("heads", heads)):
+        positive_int("encoder_spec", name, value)
+    positive_int("encoder_spec", "patch_size", patch_size)
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        positive_int("encoder_spec", "image_size", image_size)
         image_size = (image_size, image_size)
+    if image_size is not None:
+        image_size = tuple(image_size) if isinstance(image_size, (tuple, list)) else image_size
+        require(
+            isinstance(image_size, tuple)
+            and len(image_size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in image_size),
+            "encoder_spec",
+            "image_size",
+            image_size,
+            "expected (height, width) of positive integers, an integer, or None (native)",
+        )
     if image_size is not None and any(s % patch_size for s in image_size):
         raise SpecError(
             f"encoder_spec image_size={image_size!r}: must be divisible by patch_size={patch_size}"

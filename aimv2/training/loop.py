@@ -31,6 +31,7 @@ from ..backend import build, get_weights, load_backend, set_weights
 from ..data import Loader, open_source
 from ..masks import sample_prefix
 from ..optim import lr_at
+from ..weights import WeightsError
 from .config import PretrainConfig, TrainingError, load_tokenizer, optim_config, resolve_spec
 from .evaluate import heldout_eval
 from .initial import load_init
@@ -161,7 +162,10 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
                 f"--resume: the checkpoint was made with --seed {ck.state['seed']}, not {cfg.seed}"
             )
     elif cfg.init:
-        set_weights(model, {**get_weights(model), **load_init(cfg.init, spec)})
+        try:
+            set_weights(model, {**get_weights(model), **load_init(cfg.init, spec)})
+        except WeightsError as err:
+            raise TrainingError(f"--init {cfg.init!r}: {err}") from None
     optim = optim_config(cfg, spec)
     if not world.distributed:  # else the Trainer places (DDP) or shards (FSDP2) the model
         model = be.cast(model, device=cfg.device or be.default_device())

@@ -46,8 +46,11 @@ def _prefix_mask(m: mx.array, n: int) -> mx.array:
 
 def _check_images(spec: S.EncoderSpec, images: mx.array) -> None:
     kind = "f" if mx.issubdtype(images.dtype, mx.floating) else "i"
-    finite = kind != "f" or bool(mx.all(mx.isfinite(images)).item())
-    spec.check_images(tuple(images.shape), finite, kind)
+    finite, max_abs = True, None
+    if kind == "f" and images.size:
+        finite = bool(mx.all(mx.isfinite(images)).item())
+        max_abs = float(mx.max(mx.abs(images)).item())
+    spec.check_images(tuple(images.shape), finite, kind, max_abs)
 
 
 @realizes(S.EncoderSpec)

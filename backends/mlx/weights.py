@@ -23,7 +23,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from aimv2 import specs as S
 from aimv2.tensorfiles import Stored
-from aimv2.weights import check_weights
+from aimv2.weights import check_value, check_weights, numeric_array
 
 from .arrays import dtype_name, native_device, native_dtype, to_numpy
 from .layout import to_canonical, to_mlx
@@ -43,8 +43,19 @@ def get_weights(module: nn.Module) -> dict[str, np.ndarray]:
     return {n: to_canonical(spec, n, to_numpy(v)) for n, v in tree_flatten(module.parameters())}
 
 
-def set_weights(module: nn.Module, weights: Mapping[str, Any]) -> None:
-    """Load canonical weights (torch layouts) after a strict name/shape check.
+def _staged(name: str, value: Any, allow_nonfinite: bool) -> mx.array:
+    """``value`` as an MLX array, checked: numeric, and finite unless allowed."""
+    arr = value if isinstance(value, mx.array) else mx.array(numeric_array(name, value))
+    if mx.issubdtype(arr.dtype, mx.floating):
+        check_value(name, bool(mx.all(mx.isfinite(arr)).item()), allow_nonfinite=allow_nonfinite)
+    return arr
+
+
+def set_weights(
+    module: nn.Module, weights: Mapping[str, Any], *, allow_nonfinite: bool = False
+) -> None:
+    """Load canonical weights (torch layouts) after a strict name/shape check and a check
+    of every value (numeric; finite unless ``allow_nonfinite``): all or nothing.
 
     Example:
         >>> m = build_module(S.NormSpec(width=2))
@@ -57,7 +68,7 @@ def set_weights(module: nn.Module, weights: Mapping[str, Any]) -> None:
     current = dict(tree_flatten(module.parameters()))
     new = []
     for name, value in weights.items():
-        arr = value if isinstance(value, mx.array) else mx.array(np.asarray(value))
+        arr = _staged(name, value, allow_nonfinite)
         new.append((name, to_mlx(spec, name, arr).astype(current[name].dtype)))
     module.update(tree_unflatten(new))
     mx.eval(module.parameters())
@@ -69,6 +80,7 @@ def load_weights(
     *,
     dtype: Any = None,
     device: Any = None,
+    allow_nonfinite: bool = False,
 ) -> nn.Module:
     """Build ``spec`` in ``dtype`` and stream canonical ``(name, value)`` pairs into it one
     at a time (MLX is lazy: the module's own initial values are never computed); every
@@ -102,8 +114,12 @@ def load_weights(
                     files[path] = mx.load(path)
             arr = _combine(value.op, [files[path][key] for path, key in value.parts])
         else:
-            arr = np.asarray(value)
+            arr = numeric_array(name, value)
             arr = mx.array(arr.astype(np.float32) if arr.dtype == np.float64 else arr)
+        if mx.issubdtype(arr.dtype, mx.floating):
+            check_value(
+                name, bool(mx.all(mx.isfinite(arr)).item()), allow_nonfinite=allow_nonfinite
+            )
         value = to_mlx(module.spec, name, arr).astype(current[name].dtype)
         mx.eval(value)
         module.update(tree_unflatten([(name, value)]))

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -50,20 +51,22 @@ def _prefix_mask(m: torch.Tensor, n: int) -> torch.Tensor:
 
 def _check_images(spec: S.EncoderSpec, images: torch.Tensor) -> None:
     kind = "f" if images.is_floating_point() else "i"
-    # min and max are NaN/inf exactly when some element is; no (B, C, H, W) temporaries.
-    finite = (
-        kind != "f"
-        or images.numel() == 0
-        or bool(torch.isfinite(torch.stack(torch.aminmax(images))).all())
-    )
-    spec.check_images(tuple(images.shape), finite, kind)
+    finite, max_abs = True, None
+    if kind == "f" and images.numel():
+        # min and max are NaN/inf exactly when some element is; no (B, C, H, W) temporaries
+        lo, hi = torch.aminmax(images)
+        lo, hi = float(lo), float(hi)
+        finite = math.isfinite(lo) and math.isfinite(hi)
+        max_abs = max(abs(lo), abs(hi))
+    spec.check_images(tuple(images.shape), finite, kind, max_abs)
 
 
 def _check_tokens(tokens: torch.Tensor, batch: int, spec: S.DecoderSpec) -> None:
     kind = "f" if tokens.is_floating_point() else ("b" if tokens.dtype == torch.bool else "i")
     empty = tokens.numel() == 0
-    lo = None if empty or kind != "i" else int(tokens.min())
-    hi = None if empty or kind != "i" else int(tokens.max())
+    wide = tokens.to(torch.int64) if kind == "i" and not empty else None  # uint16/32: no min
+    lo = None if wide is None else int(wide.min())
+    hi = None if wide is None else int(wide.max())
     check_tokens(
         tuple(tokens.shape),
         kind,
@@ -158,6 +161,7 @@ class Decoder(nn.Module):
             tokens = as_tensor(tokens).to(features.device)
             if check:
                 _check_tokens(tokens, b, self.spec)
+            tokens = tokens.to(torch.int64)  # any integer width is taken (checked above)
             t = tokens.shape[1]
             start = self.start_token.expand(b, -1, -1)
             text = torch.cat([start, self.text_embed(tokens)], dim=1)
@@ -238,6 +242,7 @@ class PretrainModel(nn.Module):
             tokens = as_tensor(tokens).to(images.device)
             if check:
                 _check_tokens(tokens, b, spec.decoder)
+            tokens = tokens.to(torch.int64)  # any integer width is taken (checked above)
         parts = run_in_parts(
             b,
             lambda rows: self._partial(_rows(images, rows), _rows(tokens, rows), _rows(m, rows), n),

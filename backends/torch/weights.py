@@ -22,7 +22,7 @@ from torch import nn
 
 from aimv2 import specs as S
 from aimv2.tensorfiles import Stored
-from aimv2.weights import check_weights
+from aimv2.weights import check_value, check_weights, numeric_array
 
 from .arrays import dtype_name, native_device, native_dtype, to_numpy
 from .registry import REGISTRY, build
@@ -38,12 +38,23 @@ def get_weights(module: nn.Module) -> dict[str, np.ndarray]:
         >>> sorted(get_weights(build_module(S.NormSpec(width=4, type="layer"))))
         ['bias', 'weight']
     """
-    return {name: to_numpy(p) for name, p in module.named_parameters()}
+    return {name: np.array(to_numpy(p)) for name, p in module.named_parameters()}  # copies
+
+
+def _staged(name: str, value: Any, allow_nonfinite: bool) -> torch.Tensor:
+    """``value`` as a tensor, checked: numeric, and finite unless allowed."""
+    t = value if isinstance(value, torch.Tensor) else torch.from_numpy(numeric_array(name, value))
+    if t.is_floating_point():
+        check_value(name, bool(torch.isfinite(t).all()), allow_nonfinite=allow_nonfinite)
+    return t
 
 
 @torch.no_grad()
-def set_weights(module: nn.Module, weights: Mapping[str, Any]) -> None:
-    """Copy canonical weights in, after a strict name/shape check against the spec.
+def set_weights(
+    module: nn.Module, weights: Mapping[str, Any], *, allow_nonfinite: bool = False
+) -> None:
+    """Copy canonical weights in, after a strict name/shape check against the spec and a
+    check of every value (numeric; finite unless ``allow_nonfinite``): all or nothing.
 
     Example:
         >>> from aimv2.backends.torch.registry import build_module
@@ -53,10 +64,10 @@ def set_weights(module: nn.Module, weights: Mapping[str, Any]) -> None:
         [2.0, 3.0]
     """
     check_weights(module.spec, weights)
+    staged = {name: _staged(name, value, allow_nonfinite) for name, value in weights.items()}
     params = dict(module.named_parameters())
-    for name, value in weights.items():
+    for name, src in staged.items():  # every value checked: the copies cannot fail halfway
         target = params[name]
-        src = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.asarray(value))
         target.copy_(src.to(device=target.device, dtype=target.dtype))
 
 
@@ -66,6 +77,7 @@ def load_weights(
     *,
     dtype: Any = None,
     device: Any = None,
+    allow_nonfinite: bool = False,
 ) -> nn.Module:
     """Build ``spec`` directly in ``dtype`` on ``device`` (no random init, no float32 copy)
     and copy canonical ``(name, value)`` pairs into it one at a time; every parameter must
@@ -107,7 +119,9 @@ def load_weights(
             if isinstance(value, Stored):
                 src = _combine(value.op, [part(path, key) for path, key in value.parts])
             else:
-                src = torch.from_numpy(np.ascontiguousarray(value))
+                src = torch.from_numpy(np.ascontiguousarray(numeric_array(name, value)))
+            if src.is_floating_point():
+                check_value(name, bool(torch.isfinite(src).all()), allow_nonfinite=allow_nonfinite)
             params[name].copy_(src)
     missing = sorted(set(params) - seen)
     if missing:
@@ -148,7 +162,7 @@ def get_weight(module: nn.Module, name: str) -> np.ndarray:
     params = dict(module.named_parameters())
     if name not in params:
         raise KeyError(f"name={name!r}: not a parameter of this {type(module).__name__}")
-    return to_numpy(params[name])
+    return np.array(to_numpy(params[name]))  # a copy, never a view of the parameter
 
 
 def cast(module: nn.Module, dtype: Any = None, device: Any = None) -> nn.Module:
