@@ -202,10 +202,11 @@ def newest_intact(out_dir: str | os.PathLike) -> Intact:
     return Intact(None, damaged)
 
 
-def verify(path: str | os.PathLike) -> dict[str, Any]:
+def verify(path: str | os.PathLike, optimizer: bool = True) -> dict[str, Any]:
     """Check a checkpoint without loading its tensors and return its ``state.json``:
     the metadata (format, a spec, a ``step`` that matches the directory's name), and
-    every file its manifest lists, present, of the recorded size, with a readable header.
+    every file its manifest lists, present, of the recorded size, with a readable header
+    (``optimizer=False``: all but the optimizer state, for weights-only use).
 
     Example:
         >>> import tempfile, aimv2
@@ -239,6 +240,8 @@ def verify(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(files, dict) or "model.safetensors" not in files:
         raise CheckpointError(f"{where}: state.json's file manifest is malformed")
     for name, size in files.items():
+        if not optimizer and name == "optimizer.safetensors":
+            continue
         f = path / name
         if not f.is_file():
             raise CheckpointError(f"{where}: {name} is missing")
@@ -278,7 +281,7 @@ def load(path: str | os.PathLike, spec: S.Spec | None = None, optimizer: bool = 
     path = Path(path)
     if path.name == "state.json":
         path = path.parent
-    state = verify(path)
+    state = verify(path, optimizer=optimizer)
     try:
         saved = S.from_dict(state["spec"])
     except S.SpecError as err:  # e.g. a user component whose module is not imported

@@ -76,9 +76,9 @@ def load_spec(text: str) -> S.Spec:
     """A spec from a preset name, a JSON file (a spec, or a run's ``config.json`` /
     checkpoint ``state.json`` holding one under ``"spec"``), or inline JSON text.
 
-    Raises :class:`KeyError` for an unknown preset name (with close matches),
-    :class:`FileNotFoundError` for a missing file and :class:`~aimv2.specs.SpecError` for
-    JSON that is not a spec.
+    Raises :class:`~aimv2.specs.SpecError` for an unknown preset name (with close
+    matches) and for JSON that is not a spec, :class:`FileNotFoundError` for a missing
+    file.
 
     Example:
         >>> load_spec("aimv2-test-tiny").encoder.width
@@ -105,7 +105,10 @@ def load_spec(text: str) -> S.Spec:
         if isinstance(data, dict) and isinstance(data.get("spec"), dict):
             data = data["spec"]
         return S.from_dict(data)
-    return get(text)
+    try:
+        return get(text)
+    except KeyError as err:
+        raise S.SpecError(err.args[0]) from None
 
 
 def _paper_model(encoder: S.EncoderSpec, name: str) -> S.ModelSpec:

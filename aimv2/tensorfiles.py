@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -257,8 +258,21 @@ def save_file(
             raise TypeError(f"metadata: expected str -> str, got {bad!r:.200}")
         meta = dict(metadata)
     with atomic.atomic_file(path) as tmp:
-        _save_numpy(out, os.fspath(tmp), metadata=meta)
+        try:
+            _save_numpy(out, os.fspath(tmp), metadata=meta)
+        except SafetensorError as err:  # the package reports a failed write as its own
+            raise _os_error(err, path) from None
     return Path(path)
+
+
+def _os_error(err: Exception, path: PathLike) -> Exception:
+    """An ``OSError`` for a safetensors write that failed in the operating system (a full
+    disk: ``ENOSPC``), so callers see the errno; any other error unchanged."""
+    m = re.search(r"\(os error (\d+)\)", str(err))
+    if m is None:
+        return err
+    code = int(m.group(1))
+    return OSError(code, os.strerror(code), os.fspath(path))
 
 
 def save_streaming(

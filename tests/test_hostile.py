@@ -198,3 +198,201 @@ def test_a_checkpoint_is_never_overwritten(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="ckpt-00000004 exists"):
         _ckpt(tmp_path, step=4)
     assert checkpoint.load(path).step == 4
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def _run(tmp_path, **kw):
+    from aimv2.training import PretrainConfig
+
+    base = dict(out=str(tmp_path / "run"), preset=TINY, steps=4, batch_size=4, save_every=2)
+    base.update(progress=False, num_workers=0, log_every=1)
+    return PretrainConfig(**{**base, **kw})
+
+
+def test_resume_refuses_changed_flags_with_a_list_of_differences(tmp_path):
+    from aimv2.training import TrainingError, pretrain
+
+    pretrain(_run(tmp_path, stop_after=2))
+    with pytest.raises(TrainingError, match=r"--resume: flags differ") as info:
+        pretrain(_run(tmp_path, resume=True, lr=2e-3, batch_size=8))
+    assert "--lr: 0.001 -> 0.002" in str(info.value) and "--batch-size: 4 -> 8" in str(info.value)
+    # the default made explicit is no change
+    with pytest.raises(TrainingError, match=r"--resume: flags differ.*--steps: 4 -> 5"):
+        pretrain(_run(tmp_path, resume=True, lr=1e-3, steps=5))
+    with pytest.raises(TrainingError, match=r"--data: 'builtin:digits' -> 'builtin:shapes'"):
+        pretrain(_run(tmp_path, resume=True, data="builtin:shapes"))
+    # flags that do not shape the run may change
+    assert pretrain(_run(tmp_path, resume=True, log_every=2, num_workers=1))["step"] == 4
+
+
+def test_resume_needs_the_optimizer_state_and_init_starts_from_weights_only(tmp_path):
+    from aimv2.training import TrainingError, pretrain
+
+    pretrain(_run(tmp_path, stop_after=2))
+    ck = checkpoint.latest(tmp_path / "run")
+    (ck / "optimizer.safetensors").unlink()
+    with pytest.raises(TrainingError, match="optimizer.safetensors is missing"):
+        pretrain(_run(tmp_path, resume=True))
+    out = pretrain(_run(tmp_path, out=str(tmp_path / "fresh"), init=str(ck)))
+    assert out["step"] == 4
+
+
+def test_resume_skips_a_damaged_newest_checkpoint_and_never_overwrites_it(tmp_path, capsys):
+    from aimv2.training import pretrain
+
+    pretrain(_run(tmp_path, steps=6, stop_after=4))
+    newest = checkpoint.directory(tmp_path / "run", 4)
+    f = newest / "optimizer.safetensors"
+    f.write_bytes(f.read_bytes()[:100])
+    assert pretrain(_run(tmp_path, steps=6, resume=True))["step"] == 6
+    err = capsys.readouterr().err
+    assert "ckpt-00000004 is damaged" in err and "resuming from ckpt-00000002" in err
+    aside = tmp_path / "run" / "damaged-ckpt-00000004"
+    assert aside.is_dir() and (aside / "optimizer.safetensors").stat().st_size == 100
+
+
+def test_a_kill_during_the_final_evaluation_still_writes_eval_json(tmp_path, monkeypatch):
+    from aimv2.training import loop, pretrain
+
+    real = loop.heldout_eval
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed during the held-out evaluation")
+
+    monkeypatch.setattr(loop, "heldout_eval", killed)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_run(tmp_path))
+    monkeypatch.setattr(loop, "heldout_eval", real)
+    assert not (tmp_path / "run" / "eval.json").exists()
+    result = pretrain(_run(tmp_path, resume=True))
+    assert (tmp_path / "run" / "eval.json").is_file() and "heldout_text_loss" in result
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"save_every": 0}, "save_every=0"),
+        ({"log_every": 0}, "log_every=0"),
+        ({"accumulate": 0}, "accumulate=0"),
+        ({"lr": -1.0}, "lr=-1.0"),
+        ({"lr": float("nan")}, "lr=nan"),
+        ({"warmup": -3}, "warmup=-3"),
+        ({"lr": 1e-3, "min_lr": 1e-2}, "min_lr=0.01: expected 0 <= min_lr <= lr"),
+        ({"stop_after": 0}, "stop_after=0"),
+        ({"steps": 0}, "steps=0"),
+    ],
+)
+def test_bad_run_settings_are_refused_by_name(tmp_path, changes, match):
+    from aimv2.training import TrainingError
+
+    with pytest.raises(TrainingError, match=match):
+        _run(tmp_path, **changes)
+
+
+def _cli(*argv, env=None):
+    import os
+    import subprocess
+    import sys
+
+    code = "import sys; from aimv2.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["pretrain", "--out", "{o}", "--save-every", "0"], "save_every=0"),
+        (["pretrain", "--out", "{o}", "--accumulate", "0"], "accumulate=0"),
+        (["pretrain", "--out", "{o}", "--lr", "nan"], "lr=nan"),
+        (["pretrain", "--out", "{o}", "--spec", "{{broken"], "spec JSON"),
+        (["pretrain", "--out", "{o}", "--device", "quantum"], "device='quantum'"),
+        (["probe", "--out", "{o}", "--preset", TINY, "--epochs", "0"], "epochs=0"),
+        (["probe", "--out", "{o}", "--preset", TINY, "--blocks", "0"], "blocks=0"),
+    ],
+)
+def test_bad_command_line_values_are_one_line_errors(tmp_path, argv, match):
+    argv = [a.format(o=tmp_path / "o") for a in argv]
+    proc = _cli(*argv)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and match in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    debug = _cli(*argv, env={"AIMV2_DEBUG": "1"})
+    assert "Traceback" in debug.stderr
+
+
+def test_a_full_disk_stops_with_one_line_and_the_last_good_checkpoint(tmp_path):
+    import os
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2000k", "tmpfs", str(mnt)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()})")
+    try:
+        proc = _cli(
+            *["pretrain", "--out", str(mnt / "run"), "--preset", TINY, "--steps", "40"],
+            *["--batch-size", "2", "--save-every", "1", "--keep", "100", "--quiet"],
+            *["--workers", "0"],
+        )
+        assert proc.returncode == 2, proc.stderr
+        assert "Traceback" not in proc.stderr and "No space left on device" in proc.stderr
+        assert "the last good checkpoint is" in proc.stderr
+        good = checkpoint.latest(mnt / "run")
+        assert good is not None and str(good) in proc.stderr
+        checkpoint.load(good)  # it loads
+        assert not [p for p in os.listdir(mnt / "run") if p.startswith(".ckpt")]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_write_error_mid_checkpoint_names_the_last_good_one(tmp_path, monkeypatch):
+    """The same as the tmpfs test where mounting is not allowed: the third checkpoint's
+    optimizer file fails the way safetensors reports ENOSPC."""
+    from safetensors import SafetensorError
+
+    from aimv2 import tensorfiles
+    from aimv2.training import TrainingError, pretrain
+
+    real, calls = tensorfiles._save_numpy, []
+
+    def full(tensors, path, metadata=None):
+        calls.append(path)
+        if len(calls) == 6:  # model + optimizer per checkpoint: the third's optimizer
+            raise SafetensorError(
+                "Error while serializing: I/O error: No space left on device (os error 28)"
+            )
+        return real(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(tensorfiles, "_save_numpy", full)
+    with pytest.raises(TrainingError) as info:
+        pretrain(_run(tmp_path, steps=8, save_every=1, keep=100))
+    good = checkpoint.directory(tmp_path / "run", 2)
+    assert "training stopped at step 3: [Errno 28] No space left on device" in str(info.value)
+    assert f"the last good checkpoint is {good}" in str(info.value)
+    assert checkpoint.latest(tmp_path / "run") == good
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".ckpt")]
+
+
+def test_a_closed_stdout_pipe_is_not_a_traceback():
+    """``aimv2 presets | head -1``: the reader goes away before the command has printed."""
+    import os
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first write
+    code = "import sys; from aimv2.cli import main; sys.exit(main(['presets']))"
+    proc = subprocess.run([sys.executable, "-c", code], stdout=write, stderr=subprocess.PIPE)
+    os.close(write)
+    assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 141  # as a shell reports a command ended by SIGPIPE

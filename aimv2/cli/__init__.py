@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import blas
 from ..bench import add_bench_parser
 from ..formats import add_convert_parser
 from . import evaluate, tools, train
-from .common import load_encoder, load_spec
+from .common import USER_ERRORS, load_encoder, load_spec, one_line
 
-__all__ = ["main", "build_parser", "mlx_only", "load_spec", "load_encoder"]
+__all__ = ["main", "build_parser", "mlx_only", "load_spec", "load_encoder", "one_line"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,7 +76,26 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None and mlx_only(args):
         # the command line of an MLX-only run: re-execute once on an optimized BLAS
         blas.ensure_fast_blas("mlx")
-    return int(args.func(args) or 0)
+    name = " ".join(
+        [args.command] + ([args.tokenizer_command] if args.command == "tokenizer" else [])
+    )
+    try:
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+        return status
+    except BrokenPipeError:  # `aimv2 presets | head -1`: the reader is done; so are we
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what a shell reports for a command ended by SIGPIPE
+    except KeyboardInterrupt:
+        if os.environ.get("AIMV2_DEBUG"):
+            raise
+        print(f"aimv2 {name}: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        if os.environ.get("AIMV2_DEBUG"):
+            raise
+        print(f"aimv2 {name}: {one_line(err)}", file=sys.stderr)
+        return 2
 
 
 def mlx_only(args: argparse.Namespace) -> bool:

@@ -10,50 +10,64 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import checkpoint, presets, specs
-from ..backend import build
+from .. import checkpoint
+from ..backend import BackendUnavailable, build
+from ..distributed import DistributedError
 from ..formats import from_pretrained
+from ..presets import load_spec
+from ..specs import RealizationError
+from ..training import TrainingError
 
-__all__ = ["load_spec", "load_encoder"]
+__all__ = ["load_spec", "load_encoder", "USER_ERRORS", "one_line"]
 
 
-def load_spec(text: str) -> specs.Spec:
-    """:func:`aimv2.presets.load_spec` for the command line: a bad spec ends the command
-    with a one-line message.
+# What a command reports as one line and exit status 2 instead of a traceback: errors
+# that describe the input, the settings or the machine (a bad spec, weights, checkpoint,
+# data, flag value, a full disk). Anything else is a defect and keeps its traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError,  # SpecError, WeightsError, FormatError, CheckpointError, CorruptSampleError
+    OSError,  # missing files, permissions, a full disk
+    TrainingError,
+    DistributedError,
+    BackendUnavailable,
+    RealizationError,
+)
+
+
+def one_line(err: BaseException) -> str:
+    """An error as one line: its message, or its type when it has none; a ``KeyError``'s
+    message without the quotes ``str`` adds.
 
     Example:
-        >>> load_spec("aimv2-test-tiny").encoder.width
-        32
+        >>> one_line(ValueError("steps=0: expected a positive integer"))
+        'steps=0: expected a positive integer'
+        >>> one_line(OSError(28, "No space left on device"))
+        '[Errno 28] No space left on device'
     """
-    try:
-        return presets.load_spec(text)
-    except KeyError as err:
-        raise SystemExit(f"aimv2: {err.args[0]}") from None
-    except (FileNotFoundError, specs.SpecError) as err:
-        raise SystemExit(f"aimv2: {err}") from None
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    text = " ".join(str(text).split())
+    return text or type(err).__name__
 
 
 def load_encoder(path: str, backend: str) -> Any:
     """An encoder module from a checkpoint directory, a run directory (its newest
-    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads.
+    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads; errors name
+    ``--checkpoint``.
 
     Example:
         >>> load_encoder("/nonexistent", "torch")
         Traceback (most recent call last):
         ...
-        SystemExit: aimv2: --checkpoint '/nonexistent' does not exist
+        FileNotFoundError: --checkpoint '/nonexistent' does not exist
     """
     p = Path(path)
     if not p.exists():
-        raise SystemExit(f"aimv2: --checkpoint {path!r} does not exist")
+        raise FileNotFoundError(f"--checkpoint {path!r} does not exist")
     ck_dir = checkpoint.latest(p) if p.is_dir() and not (p / "state.json").exists() else p
     if ck_dir is not None and (Path(ck_dir) / "state.json").exists():
-        try:
-            spec, weights = checkpoint.encoder_of(checkpoint.load(ck_dir, optimizer=False))
-        except checkpoint.CheckpointError as err:
-            raise SystemExit(f"aimv2: {err}") from None
+        spec, weights = checkpoint.encoder_of(checkpoint.load(ck_dir, optimizer=False))
         return build(spec, backend, weights=weights)
     try:
         return from_pretrained(path, backend=backend)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        raise SystemExit(f"aimv2: --checkpoint {path!r}: {err}") from None
+    except (ValueError, KeyError) as err:
+        raise ValueError(f"--checkpoint {path!r}: {one_line(err)}") from None

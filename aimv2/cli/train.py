@@ -54,9 +54,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     launch = detect_launch()
     try:
         result = pretrain(cfg)
-    except TrainingError as err:
-        print(f"aimv2 pretrain: {err}", file=sys.stderr)
-        return 2
+    except TrainingError:
+        raise  # one line from aimv2.cli.main (the rank is in the message)
     except Exception as err:
         if launch is None:
             raise

@@ -14,7 +14,6 @@ import sys
 from typing import Any
 
 from .. import presets
-from .. import specs as S
 from ..backend import BACKENDS
 from .detect import detect
 from .export import convert
@@ -64,7 +63,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         ...             quiet=True))
         2
     """
-    preset = None if not args.preset else _load_spec(args.preset)
+    preset = None if not args.preset else presets.load_spec(args.preset)
     try:
         out = convert(
             args.src,
@@ -89,14 +88,3 @@ def cmd_convert(args: argparse.Namespace) -> int:
         f"head={'yes' if spec.head else 'no'}"
     )
     return 0
-
-
-def _load_spec(text: str) -> S.Spec:
-    """:func:`aimv2.presets.load_spec`; a bad spec ends the command with the CLI's one-line
-    message."""
-    try:
-        return presets.load_spec(text)
-    except KeyError as err:
-        raise SystemExit(f"aimv2: {err.args[0]}") from None
-    except (FileNotFoundError, S.SpecError) as err:
-        raise SystemExit(f"aimv2: {err}") from None

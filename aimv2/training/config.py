@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,9 @@ class PretrainConfig:
         metadata={"help": "seconds a collective may wait for the other ranks before the run stops"},
     )
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the spec as its dict).
 
@@ -139,6 +143,67 @@ class PretrainConfig:
         d["spec"] = None if self.spec is None else self.spec.to_dict()
         d["crop_scale"] = list(self.crop_scale)
         return d
+
+
+def _bad(name: str, value: Any, expected: str) -> TrainingError:
+    return TrainingError(f"PretrainConfig.{name}={value!r}: expected {expected}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _validate(cfg: PretrainConfig) -> None:
+    """Refuse settings no run can use, by field name, before anything is built or written."""
+    if not isinstance(cfg.out, (str, Path)) or not str(cfg.out):
+        raise _bad("out", cfg.out, "a directory path")
+    for name in ("steps", "batch_size", "accumulate", "log_every", "save_every", "keep"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise _bad(name, value, "a positive integer")
+    for name in ("stop_after",):
+        value = getattr(cfg, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise _bad(name, value, "a positive integer or None")
+    for name in ("seed", "num_workers"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise _bad(name, value, "a non-negative integer")
+    if cfg.warmup is not None and (not isinstance(cfg.warmup, int) or cfg.warmup < 0):
+        raise _bad("warmup", cfg.warmup, "a non-negative integer or None")
+    if cfg.lr is not None and not (_number(cfg.lr) and math.isfinite(cfg.lr) and cfg.lr > 0):
+        raise _bad("lr", cfg.lr, "a finite number > 0 or None")
+    if cfg.min_lr is not None:
+        if not (_number(cfg.min_lr) and math.isfinite(cfg.min_lr) and cfg.min_lr >= 0):
+            raise _bad("min_lr", cfg.min_lr, "a finite number >= 0 or None")
+        if cfg.lr is not None and cfg.min_lr > cfg.lr:
+            raise TrainingError(
+                f"PretrainConfig.min_lr={cfg.min_lr!r}: expected 0 <= min_lr <= lr (lr={cfg.lr!r})"
+            )
+    for name in ("weight_decay", "dist_timeout"):
+        value = getattr(cfg, name)
+        if not (_number(value) and math.isfinite(value) and value >= 0):
+            raise _bad(name, value, "a finite number >= 0")
+    if cfg.dist_timeout == 0:
+        raise _bad("dist_timeout", cfg.dist_timeout, "seconds > 0")
+    if cfg.clip_norm is not None and not (
+        _number(cfg.clip_norm) and math.isfinite(cfg.clip_norm) and cfg.clip_norm >= 0
+    ):
+        raise _bad("clip_norm", cfg.clip_norm, "a finite number >= 0 (0 or None: no clipping)")
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        value = getattr(cfg, f.name)
+        if choices and value is not None and value not in choices:
+            raise _bad(f.name, value, f"one of {choices}")
+    lo, hi = (tuple(cfg.crop_scale) + (None, None))[:2]
+    if not (_number(lo) and _number(hi) and 0 < lo <= hi <= 1):
+        raise _bad("crop_scale", cfg.crop_scale, "(min, max) with 0 < min <= max <= 1")
+    if cfg.batch_size % cfg.accumulate:
+        raise TrainingError(
+            f"PretrainConfig.batch_size={cfg.batch_size}: expected a multiple of "
+            f"accumulate={cfg.accumulate} (each update splits the batch into that many "
+            f"micro-batches)"
+        )
 
 
 def resolve_spec(cfg: PretrainConfig) -> S.ModelSpec:
@@ -199,6 +264,11 @@ def optim_config(cfg: PretrainConfig, spec: S.ModelSpec) -> OptimConfig:
         0.001
     """
     lr = cfg.lr if cfg.lr is not None else paper_peak_lr(spec)
+    if cfg.min_lr is not None and cfg.min_lr > lr:
+        raise TrainingError(
+            f"PretrainConfig.min_lr={cfg.min_lr!r}: expected 0 <= min_lr <= lr (the paper's "
+            f"peak lr for this encoder, {lr!r}, as --lr is not set)"
+        )
     warmup = cfg.warmup if cfg.warmup is not None else min(12_500, cfg.steps // 10)
     return OptimConfig(
         lr=lr,
@@ -207,6 +277,6 @@ def optim_config(cfg: PretrainConfig, spec: S.ModelSpec) -> OptimConfig:
         total_steps=cfg.steps,
         weight_decay=cfg.weight_decay,
         decay_mode=cfg.decay_mode,
-        clip_norm=cfg.clip_norm,
+        clip_norm=cfg.clip_norm or None,
         accumulate=cfg.accumulate,
     )

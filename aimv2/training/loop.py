@@ -17,7 +17,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,14 +32,14 @@ from .. import specs as S
 from ..backend import build, get_weights, load_backend, set_weights
 from ..data import Loader, open_source
 from ..masks import sample_prefix
-from ..optim import lr_at
+from ..optim import lr_at, paper_peak_lr
 from ..weights import WeightsError
 from .config import PretrainConfig, TrainingError, load_tokenizer, optim_config, resolve_spec
 from .evaluate import heldout_eval
 from .initial import load_init
 from .log import Metrics, Progress
 
-__all__ = ["pretrain"]
+__all__ = ["pretrain", "changed_flags"]
 
 
 def _comm_failure(err: BaseException) -> bool:
@@ -77,13 +79,6 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         (1, True)
     """
     spec = resolve_spec(cfg)
-    if cfg.steps < 1:
-        raise TrainingError(f"--steps {cfg.steps}: expected >= 1")
-    if cfg.batch_size < 1 or cfg.batch_size % cfg.accumulate:
-        raise TrainingError(
-            f"--batch-size {cfg.batch_size}: expected a positive multiple of --accumulate "
-            f"{cfg.accumulate}"
-        )
     if spec.encoder.native:
         raise TrainingError(
             "spec: pre-training needs a fixed image_size (native encoders "
@@ -91,6 +86,10 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
         )
     if cfg.shard not in D.SHARD_MODES:
         raise TrainingError(f"--shard {cfg.shard!r}: expected one of {D.SHARD_MODES}")
+    try:
+        load_backend(cfg.backend).native_device(cfg.device)
+    except ValueError as err:
+        raise TrainingError(f"PretrainConfig.{err}") from None
     try:
         world = D.init_world(cfg.backend, timeout_s=cfg.dist_timeout, device=cfg.device)
     except D.DistributedError as err:
@@ -127,7 +126,8 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
         except ValueError as err:
             raise TrainingError(str(err)) from None
     out = Path(cfg.out)
-    existing = checkpoint.latest(out)
+    found = checkpoint.newest_intact(out)
+    existing = found.path
     if world.distributed:
         seen = int(existing.name.split("-")[-1]) if existing is not None else -1
         if not world.agree([seen, D.fingerprint(cfg.to_dict())]):
@@ -136,11 +136,14 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
                 f"the same --out (a filesystem shared by all nodes); this rank sees newest "
                 f"checkpoint {existing.name if existing else None}"
             )
-    if existing is not None and not cfg.resume:
+    held = existing or (found.damaged[0][0] if found.damaged else None)
+    if held is not None and not cfg.resume:
         raise TrainingError(
-            f"--out {str(out)!r} already holds a run (newest {existing.name}); pass --resume "
+            f"--out {str(out)!r} already holds a run (newest {held.name}); pass --resume "
             f"to continue it or choose another --out"
         )
+    if cfg.resume and found.damaged:
+        _set_aside_damaged(found, world)
     try:
         source = open_source(cfg.data, split="train", seed=cfg.seed)
     except (FileNotFoundError, ValueError) as err:
@@ -155,12 +158,19 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
             ck = checkpoint.load(existing, spec)
         except checkpoint.CheckpointError as err:
             raise TrainingError(f"--resume: {err}") from None
-        set_weights(model, ck.weights)
-        start = ck.step
         if ck.state.get("seed", cfg.seed) != cfg.seed:
             raise TrainingError(
                 f"--resume: the checkpoint was made with --seed {ck.state['seed']}, not {cfg.seed}"
             )
+        changed = changed_flags(ck.state.get("config"), cfg, spec)
+        if changed:
+            raise TrainingError(
+                f"--resume: flags differ from the checkpoint's run: {'; '.join(changed)} "
+                f"(resume with the run's own flags, or start a new run from its weights with "
+                f"--init {existing})"
+            )
+        set_weights(model, ck.weights)
+        start = ck.step
     elif cfg.init:
         try:
             set_weights(model, {**get_weights(model), **load_init(cfg.init, spec)})
@@ -180,14 +190,18 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
     if ck is not None and ck.optimizer is not None:
         trainer.load_state_arrays(ck.optimizer, ck.state.get("optimizer_step", ck.step))
     end = cfg.steps if cfg.stop_after is None else min(cfg.steps, cfg.stop_after)
-    if start >= end:
-        return {"step": start, "checkpoint": str(existing), "loss": None, "elapsed_s": 0.0}
+    if start >= end:  # nothing to train; a finished run killed in its evaluation gets it
+        done = _final_eval(cfg, spec, world, model, tokenizer, out) if start == cfg.steps else {}
+        return {**done, "step": start, "checkpoint": str(existing), "loss": None, "elapsed_s": 0.0}
 
-    out.mkdir(parents=True, exist_ok=True)
     metrics = None
-    if world.is_main:
-        metrics = Metrics(out / "metrics.jsonl", start if cfg.resume else None)
-        atomic.write_json(out / "config.json", cfg.to_dict() | {"spec": spec.to_dict()})
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if world.is_main:
+            metrics = Metrics(out / "metrics.jsonl", start if cfg.resume else None)
+            atomic.write_json(out / "config.json", cfg.to_dict() | {"spec": spec.to_dict()})
+    except OSError as err:
+        raise TrainingError(f"--out {str(out)!r}: {err}") from None
     local_batch = cfg.batch_size // world.size
     try:
         loader = Loader(
@@ -297,14 +311,15 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
                     step,
                     {**state, "optimizer_step": trainer.step_count},
                 )
+    except OSError as err:  # a full disk, a vanished --out, a read-only filesystem
+        where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint yet"
+        raise TrainingError(f"training stopped at step {step}: {err}; {where}") from None
     finally:
         progress.close()
         close = getattr(loader, "close", None)
         if close:
             close()
-    evaluation = heldout_eval(cfg, spec, model, tokenizer) if step == cfg.steps else {}
-    if evaluation and world.is_main:
-        atomic.write_json(out / "eval.json", {"step": step, **evaluation})
+    evaluation = _final_eval(cfg, spec, world, model, tokenizer, out) if step == cfg.steps else {}
     return {
         **evaluation,
         "step": step,
@@ -339,3 +354,101 @@ def _save(
     if world.is_main:
         return checkpoint.save(out, step, spec, weights, moments, state, keep=cfg.keep)
     return checkpoint.directory(out, step)
+
+
+def _final_eval(
+    cfg: PretrainConfig, spec: S.ModelSpec, world: Any, model: Any, tokenizer: Any, out: Path
+) -> dict[str, Any]:
+    """The held-out evaluation of a finished run, written once to ``eval.json`` (read back
+    when a resumed finished run already has it)."""
+    path = out / "eval.json"
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            saved = None
+        if isinstance(saved, dict) and saved.get("step") == cfg.steps:
+            return {k: v for k, v in saved.items() if k != "step"}
+    evaluation = heldout_eval(cfg, spec, model, tokenizer)
+    if world.is_main:
+        atomic.write_json(path, {"step": cfg.steps, **evaluation})
+    return evaluation
+
+
+def _set_aside_damaged(found: checkpoint.Intact, world: Any) -> None:
+    """Move checkpoints newer than the one a run resumes from, found damaged, to
+    ``damaged-ckpt-…`` (never deleted, never overwritten), saying so on stderr; with no
+    intact checkpoint left the run stops, naming each and why."""
+    reasons = [(p, why.split(": ", 1)[-1]) for p, why in found.damaged]
+    if found.path is None:
+        listed = "; ".join(f"{p.name}: {why}" for p, why in reasons)
+        raise TrainingError(
+            f"--resume: no intact checkpoint under {str(found.damaged[0][0].parent)!r} ({listed})"
+        )
+    if world.is_main:
+        for p, why in reasons:
+            aside = p.with_name(f"damaged-{p.name}")
+            n = 1
+            while aside.exists():
+                aside, n = p.with_name(f"damaged-{p.name}.{n}"), n + 1
+            p.rename(aside)
+            print(
+                f"aimv2 pretrain: {p.name} is damaged ({why}); resuming from "
+                f"{found.path.name} (the damaged one is kept as {aside.name})",
+                file=sys.stderr,
+            )
+    world.barrier()
+
+
+# Flags that may change between a run and its resumption: they do not shape the
+# numbers (where and how fast it runs, what it logs and keeps, when it stops).
+RESUMABLE = frozenset(
+    {
+        "out", "resume", "init", "log_every", "save_every", "keep", "num_workers",
+        "progress", "stop_after", "dist_timeout", "device", "compile", "backend", "shard",
+        "spec", "preset",
+    }
+)  # fmt: skip
+
+
+def changed_flags(
+    saved: dict[str, Any] | None, cfg: PretrainConfig, spec: S.ModelSpec
+) -> list[str]:
+    """The flags of ``cfg`` that differ from a checkpoint's recorded run config, as
+    ``--flag: old -> new`` (defaults resolved first: an explicit ``--lr`` equal to the
+    default is no change). The spec itself is compared by :func:`aimv2.checkpoint.load`.
+
+    Example:
+        >>> import aimv2
+        >>> a = PretrainConfig(out="o", preset="aimv2-test-tiny")
+        >>> spec = aimv2.presets.get("aimv2-test-tiny")
+        >>> changed_flags(a.to_dict(), PretrainConfig(out="p", preset="aimv2-test-tiny",
+        ...                                            lr=2e-3, keep=9), spec)
+        ['--lr: 0.001 -> 0.002']
+    """
+    if not isinstance(saved, dict):
+        return []  # a checkpoint from before runs recorded their flags
+    old, new = _effective(saved, spec), _effective(cfg.to_dict(), spec)
+    both_default = saved.get("min_lr") is None and cfg.min_lr is None  # lr/100 follows lr
+    return [
+        f"--{k.replace('_', '-')}: {old.get(k)!r} -> {new[k]!r}"
+        for k in new
+        if k not in RESUMABLE
+        and k in old
+        and old[k] != new[k]
+        and not (k == "min_lr" and both_default)
+    ]
+
+
+def _effective(d: dict[str, Any], spec: S.ModelSpec) -> dict[str, Any]:
+    """A run config with the defaults that depend on the spec and the steps resolved."""
+    d = dict(d)
+    lr = d.get("lr") if d.get("lr") is not None else paper_peak_lr(spec)
+    d["lr"] = float(lr)
+    d["min_lr"] = float(d["min_lr"]) if d.get("min_lr") is not None else lr / 100
+    if d.get("warmup") is None:
+        d["warmup"] = min(12_500, int(d.get("steps", 0)) // 10)
+    d["clip_norm"] = d.get("clip_norm") or None
+    if d.get("crop_scale") is not None:
+        d["crop_scale"] = [float(x) for x in d["crop_scale"]]
+    return d
