@@ -396,3 +396,56 @@ def test_a_closed_stdout_pipe_is_not_a_traceback():
     os.close(write)
     assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.returncode == 141  # as a shell reports a command ended by SIGPIPE
+
+
+def test_repeated_sigkills_with_a_checkpoint_every_step_end_at_the_same_final_loss(tmp_path):
+    """Ten SIGKILLs at random moments (in a step, mid-save, while starting), each followed
+    by --resume: the run ends at the uninterrupted run's final loss, bit for bit.
+
+    Runs are forked from a fresh interpreter that has imported the library (forkserver),
+    so each restart costs a run's setup, not an interpreter's."""
+    import json
+    import multiprocessing
+    import time
+
+    from aimv2.training import pretrain
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["aimv2.training", "torch"])
+
+    def run(out, resume):
+        cfg = _run(tmp_path, out=str(out), steps=16, save_every=1, keep=2, resume=resume)
+        proc = ctx.Process(target=pretrain, args=(cfg,))
+        proc.start()
+        return proc
+
+    def newest(out):
+        return max((int(p.name[5:]) for p in out.glob("ckpt-0*")), default=-1)
+
+    def final_loss(out):
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if r["step"] == 16][-1]
+
+    ref = run(tmp_path / "ref", False)
+    ref.join()
+    assert ref.exitcode == 0
+    out, rng, kills = tmp_path / "killed", np.random.default_rng(15), 0
+    while kills < 10:
+        seen = newest(out)
+        proc = run(out, out.is_dir())
+        # wait for one more checkpoint, then kill after a random delay: in a step or a save
+        deadline = time.monotonic() + 120
+        while proc.is_alive() and newest(out) <= seen and time.monotonic() < deadline:
+            time.sleep(0.002)
+        time.sleep(float(rng.uniform(0.0, 0.05)))
+        if not proc.is_alive():
+            break  # the run finished first; it is checked below all the same
+        proc.kill()  # SIGKILL
+        proc.join()
+        kills += 1
+    proc = run(out, True)
+    proc.join()
+    assert proc.exitcode == 0 and kills == 10, (proc.exitcode, kills)
+    assert final_loss(out) == final_loss(tmp_path / "ref")
+    assert not [p for p in out.iterdir() if p.name.startswith(".ckpt")]
+    assert [checkpoint.verify(ck)["step"] for ck in checkpoint.complete(out)] == [15, 16]
