@@ -399,28 +399,39 @@ def test_a_closed_stdout_pipe_is_not_a_traceback():
 
 
 def test_repeated_sigkills_with_a_checkpoint_every_step_end_at_the_same_final_loss(tmp_path):
-    """Ten SIGKILLs at random moments (in a step, mid-save, while starting), each followed
-    by --resume: the run ends at the uninterrupted run's final loss, bit for bit.
+    """Ten SIGKILLs of ``aimv2 pretrain --save-every 1`` at random moments (in a step,
+    mid-save, while starting), each followed by ``--resume``: the run ends at the
+    uninterrupted run's final loss, bit for bit, and no checkpoint is ever rewritten.
 
     Runs are forked from a fresh interpreter that has imported the library (forkserver),
     so each restart costs a run's setup, not an interpreter's."""
+    import hashlib
     import json
     import multiprocessing
     import time
 
-    from aimv2.training import pretrain
+    from aimv2.cli import main
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["aimv2.training", "torch"])
+    ctx.set_forkserver_preload(["aimv2.cli", "torch"])
 
     def run(out, resume):
-        cfg = _run(tmp_path, out=str(out), steps=16, save_every=1, keep=2, resume=resume)
-        proc = ctx.Process(target=pretrain, args=(cfg,))
+        argv = ["pretrain", "--out", str(out), "--preset", TINY, "--steps", "16"]
+        argv += ["--batch-size", "4", "--save-every", "1", "--keep", "2", "--quiet"]
+        argv += ["--workers", "0", "--log-every", "1"] + (["--resume"] if resume else [])
+        proc = ctx.Process(target=main, args=(argv,))
         proc.start()
         return proc
 
     def newest(out):
         return max((int(p.name[5:]) for p in out.glob("ckpt-0*")), default=-1)
+
+    written: dict[str, str] = {}
+
+    def same_as_first_seen(out):
+        for ck in checkpoint.complete(out):
+            digest = hashlib.sha256((ck / "model.safetensors").read_bytes()).hexdigest()
+            assert written.setdefault(ck.name, digest) == digest, f"{ck.name} was rewritten"
 
     def final_loss(out):
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -443,9 +454,11 @@ def test_repeated_sigkills_with_a_checkpoint_every_step_end_at_the_same_final_lo
         proc.kill()  # SIGKILL
         proc.join()
         kills += 1
+        same_as_first_seen(out)
     proc = run(out, True)
     proc.join()
     assert proc.exitcode == 0 and kills == 10, (proc.exitcode, kills)
+    same_as_first_seen(out)
     assert final_loss(out) == final_loss(tmp_path / "ref")
     assert not [p for p in out.iterdir() if p.name.startswith(".ckpt")]
     assert [checkpoint.verify(ck)["step"] for ck in checkpoint.complete(out)] == [15, 16]
