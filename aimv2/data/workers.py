@@ -250,12 +250,12 @@ class ProcessRunner(_Runner):
     def __init__(
         self, maker: BatchMaker, workers: int, slots: int, start_method: str | None = None
     ) -> None:
-        super().__init__(maker)
         method = start_method or default_start_method()
         if method not in mp.get_all_start_methods():
             raise ValueError(
                 f"start_method={start_method!r}: expected one of {mp.get_all_start_methods()}"
             )
+        super().__init__(maker)
         self._ctx = mp.get_context(method)
         self._shm: list[SharedMemory] = []
         self._views: list[np.ndarray | None] = []
@@ -381,13 +381,13 @@ class ProcessRunner(_Runner):
         return [w.proc.pid for w in self._workers]
 
     def close(self) -> None:
-        if self.closed:
+        if getattr(self, "closed", True):  # closed, or __init__ failed before it began
             return
         self.closed = True
-        for w in self._workers:
+        for w in getattr(self, "_workers", []):
             w.stop(0.5)
         self._views = []
-        for shm in self._shm:
+        for shm in getattr(self, "_shm", []):
             try:
                 shm.close()
             except BufferError:  # a view still alive somewhere: the mapping goes with it
