@@ -212,3 +212,21 @@ def test_parquet_by_glob_brace_and_list(sets):
     ):
         assert len(open_source(spec, **columns("parquet"))) == N
     assert len(open_source(str(folder / "part-1.parquet"), **columns("parquet"))) == 4
+
+
+def test_pretrain_flags_reach_the_loader(sets, tmp_path, capsys):
+    from aimv2.cli import main
+    from aimv2.text import Tokenizer
+
+    captions = [f"{w} {i}" for i in range(N) for w in ("alt text", "synthetic")]
+    tok = tmp_path / "tok.model"
+    Tokenizer.train(captions * 4, 40, tok, hard_vocab_limit=False)
+    args = ["pretrain", "--preset", "aimv2-test-tiny", "--data", str(sets["parquet"])]
+    args += ["--caption-column", "txt", "--caption-column", "syn", "--caption-sampling", "all"]
+    args += ["--tokenizer", str(tok), "--steps", "2", "--batch-size", "4", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "run"), "--workers", "2"]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["caption_columns"] == ["txt", "syn"] and config["caption_sampling"] == "all"
+    assert config["reduced_decode"] is True
+    assert main([*args, "--out", str(tmp_path / "bad"), "--image-column", "photo"]) == 2
+    assert "image_column='photo'" in capsys.readouterr().err

@@ -65,6 +65,10 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
         shard=args.shard,
         dist_timeout=args.dist_timeout,
+        image_column=args.image_column,
+        caption_columns=tuple(args.caption_column) if args.caption_column else None,
+        caption_sampling=args.caption_sampling,
+        reduced_decode=not args.full_decode,
     )
     launch = detect_launch()
     try:
@@ -127,7 +131,27 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--data",
         default="builtin:digits",
-        help="builtin:digits, builtin:shapes, a caption folder, a .jsonl or .tar shards",
+        help="builtin:digits, builtin:shapes, a caption folder, a .jsonl, .tar shards, "
+        ".parquet files or an Arrow / Hugging Face save_to_disk folder",
+    )
+    p.add_argument("--image-column", help="Parquet/Arrow: the image column (default: image, jpg…)")
+    p.add_argument(
+        "--caption-column",
+        action="append",
+        help="Parquet/Arrow: a caption column (repeatable: alt-text, synthetic…; default: "
+        "caption, text…)",
+    )
+    p.add_argument(
+        "--caption-sampling",
+        choices=["first", "random", "all"],
+        default="first",
+        help="several captions per image: the first, a seeded random one per step, or "
+        "all (each caption a sample)",
+    )
+    p.add_argument(
+        "--full-decode",
+        action="store_true",
+        help="decode JPEGs in full (default: at the reduced size the crop needs)",
     )
     p.add_argument("--backend", default="torch", choices=BACKENDS)
     p.add_argument("--steps", type=int, default=300)
@@ -152,7 +176,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--save-every", type=int, default=100)
     p.add_argument("--keep", type=int, default=3, help="checkpoints kept")
     p.add_argument("--tokenizer", help="SentencePiece model (built-in data has its own)")
-    p.add_argument("--workers", type=int, default=2, help="background data threads")
+    p.add_argument("--workers", type=int, default=2, help="data-loader worker processes")
     p.add_argument("--compile", action="store_true", help="torch.compile / mx.compile")
     p.add_argument("--autocast", choices=["bf16"], help="bf16 autocast (torch)")
     p.add_argument("--device", help="torch device (default: cuda if available)")

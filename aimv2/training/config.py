@@ -38,6 +38,10 @@ class PretrainConfig:
     ``warmup=None`` is min(12,500, steps // 10); ``min_lr=None`` is lr / 100.
     ``stop_after`` ends the run (with a checkpoint) after that many steps while the
     schedule stays planned for ``steps`` — continue later with ``resume``.
+    ``image_column`` / ``caption_columns`` name the columns of Parquet and Arrow data;
+    ``caption_sampling`` (``first``, ``random``, ``all``) picks among several captions
+    per image and ``reduced_decode`` decodes JPEGs at the size the crop needs
+    (:class:`aimv2.data.Loader`); ``num_workers`` are loader processes.
 
     Example:
         >>> PretrainConfig(out="runs/x").preset
@@ -75,6 +79,10 @@ class PretrainConfig:
     stop_after: int | None = None
     shard: str = "none"
     dist_timeout: float = 600.0
+    image_column: str | None = None
+    caption_columns: tuple[str, ...] | None = None
+    caption_sampling: str = "first"
+    reduced_decode: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (the spec as its dict).
@@ -86,6 +94,8 @@ class PretrainConfig:
         d = dataclasses.asdict(self)
         d["spec"] = None if self.spec is None else self.spec.to_dict()
         d["crop_scale"] = list(self.crop_scale)
+        if self.caption_columns is not None:
+            d["caption_columns"] = list(self.caption_columns)
         return d
 
 
