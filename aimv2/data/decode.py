@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -110,31 +109,42 @@ def decode_for_crop(
         >>> small.size, full.size
         ((16, 16), (16, 16))
     """
-    left, top, cw, ch = box
-    tw, th = size
-    resample = _RESAMPLE[interpolation]
     try:
         with _open(data) as im:
-            orientation = _orientation(im)
-            raw_w, raw_h = im.size
-            ow, oh = (raw_h, raw_w) if orientation in _SWAPS else (raw_w, raw_h)
-            if not (0 <= left and 0 <= top and 0 < cw and 0 < ch) or (
-                left + cw > ow or top + ch > oh
-            ):
-                raise _BoxError(
-                    f"box={box!r}: expected (left, top, width, height) inside the {ow}x{oh} image"
-                )
-            s = reduction_for(cw, ch, tw, th) if reduce and im.format == "JPEG" else 1
-            if s > 1:
-                im.draft("RGB", (raw_w // s, raw_h // s))
-            im.load()
-            if orientation != 1:
-                im = ImageOps.exif_transpose(im)
-            rgb = im.convert("RGB")
-    except _BoxError:
+            return _decode_open(im, box, size, interpolation, reduce)
+    except (_BoxError, CorruptSampleError):
         raise
     except Exception as err:
         raise CorruptSampleError(f"unreadable image: {type(err).__name__}: {err}") from err
+
+
+def _decode_open(
+    im: Image.Image,
+    box: tuple[int, int, int, int],
+    size: tuple[int, int],
+    interpolation: str,
+    reduce: bool,
+    orientation: int | None = None,
+) -> Image.Image:
+    """:func:`decode_for_crop` of an image opened (not loaded) by the caller."""
+    left, top, cw, ch = box
+    tw, th = size
+    resample = _RESAMPLE[interpolation]
+    if orientation is None:
+        orientation = _orientation(im)
+    raw_w, raw_h = im.size
+    ow, oh = (raw_h, raw_w) if orientation in _SWAPS else (raw_w, raw_h)
+    if not (0 <= left and 0 <= top and 0 < cw and 0 < ch) or (left + cw > ow or top + ch > oh):
+        raise _BoxError(
+            f"box={box!r}: expected (left, top, width, height) inside the {ow}x{oh} image"
+        )
+    s = reduction_for(cw, ch, tw, th) if reduce and im.format == "JPEG" else 1
+    if s > 1:
+        im.draft("RGB", (raw_w // s, raw_h // s))
+    im.load()
+    if orientation != 1:
+        im = ImageOps.exif_transpose(im)
+    rgb = im.convert("RGB")
     if rgb.width <= 0 or rgb.height <= 0:
         raise CorruptSampleError(f"decoded image has size {rgb.size}")
     if rgb.size == (ow, oh):  # not reduced: exactly the full path
@@ -176,19 +186,21 @@ def transform_encoded(
         raise ValueError("spec: training crops need a fixed-size encoder (spec.image_size)")
     _check_range("scale", scale, lambda v: v > 0, "0 < low <= high")
     _check_range("ratio", ratio, lambda v: v > 0, "0 < low <= high")
+    th, tw = spec.image_size
     try:
-        w, h = encoded_size(data)
+        with _open(data) as im:  # one open: the header gives the size the box needs
+            orientation = _orientation(im)
+            w, h = im.size[::-1] if orientation in _SWAPS else im.size
+            if w <= 0 or h <= 0:
+                raise CorruptSampleError(f"image header says {w}x{h}")
+            box = _random_resized_box(w, h, rng, tuple(scale), tuple(ratio))
+            img = _decode_open(
+                im, box, (tw, th), spec.preprocess.interpolation, reduce, orientation
+            )
+    except CorruptSampleError:
+        raise
     except Exception as err:
         raise CorruptSampleError(f"unreadable image: {type(err).__name__}: {err}") from err
-    if w <= 0 or h <= 0:
-        raise CorruptSampleError(f"image header says {w}x{h}")
-    th, tw = spec.image_size
-    box = _random_resized_box(w, h, rng, tuple(scale), tuple(ratio))
-    img = decode_for_crop(data, box, (tw, th), spec.preprocess.interpolation, reduce=reduce)
     if hflip and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     return _normalize(img, spec)
-
-
-def _is_encoded(image: Any) -> bool:
-    return isinstance(image, (bytes, bytearray, memoryview, str, os.PathLike))
