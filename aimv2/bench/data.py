@@ -117,7 +117,7 @@ def _photos_source(data: str) -> str:
         w, h = (int(v) for v in opts.get("size", "640x480").split("x"))
     except ValueError:
         raise ValueError(f"data={data!r}: expected photos?n=INT&size=WxH") from None
-    folder = Path(tempfile.gettempdir()) / f"aimv2-bench-photos-{w}x{h}"
+    folder = Path(tempfile.gettempdir()) / f"aimv2-bench-photos-{n}-{w}x{h}"
     return str(make_photos(folder, n, (w, h)))
 
 
@@ -156,13 +156,15 @@ class _Subject:
         self.batches = 1
 
     def prepare(self, seconds: float) -> None:
+        """Start the loader, and size a round to about ``seconds`` at steady state."""
         self.next_batch, self.prefetch, self.stop = self.make()
-        for _ in range(self.prefetch + 1):  # workers started, prefetch filled once
+        for _ in range(2 * self.prefetch + 1):  # started, prefetch filled and drained
             self.next_batch()
         t0 = time.perf_counter()
-        self.next_batch()
-        took = max(time.perf_counter() - t0, 1e-6)
-        self.batches = max(3, math.ceil(seconds / took))
+        for _ in range(3):
+            self.next_batch()
+        took = max((time.perf_counter() - t0) / 3, 1e-4)
+        self.batches = min(max(3, math.ceil(seconds / took)), 1000)
 
     def run(self) -> float:
         """Seconds per batch at steady state: the batches made while idle are taken first."""
