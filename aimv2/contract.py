@@ -353,5 +353,15 @@ class BenchBackend(Protocol):
         """Run ``call`` once; the bytes it needed on top of what was live (None: unknown)."""
         ...
 
+    def data_loader(
+        self, dataset: Any, batch: int, workers: int, seed: int = 0
+    ) -> tuple[Callable[[], Any], Callable[[], None], dict[str, Any]]:
+        """The framework's own data loader over ``dataset`` (``len()`` and ``dataset[i]``,
+        picklable), shuffled from ``seed``, endless: ``call()`` returns the next batch;
+        ``info["close"]`` stops its workers. The baseline ``aimv2 bench --mode data``
+        times :class:`aimv2.data.Loader` against; a framework without one raises
+        NotImplementedError."""
+        ...
+
 
 BENCH_NAMES = tuple(members(BenchBackend))

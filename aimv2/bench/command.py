@@ -50,8 +50,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--mode",
         action="append",
-        choices=[*MODES, "all"],
-        help="forward (default), backward, train or all; repeatable",
+        choices=[*MODES, "all", "data"],
+        help="forward (default), backward, train or all (these three); data: the data "
+        "loader alone vs the backend's DataLoader; repeatable",
     )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--image-size", type=int, help="for native-resolution encoders")
@@ -75,10 +76,17 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--data",
         default="builtin:shapes",
-        help="what feeds --mode train: a data source or 'synthetic'",
+        help="what feeds --mode train (a data source or 'synthetic') and --mode data (a "
+        "source, or 'photos[?n=500&size=640x480]': generated JPEG photos)",
     )
     p.add_argument("--tokenizer", help="SentencePiece model for a non-builtin --data")
-    p.add_argument("--workers", type=int, default=2, help="data-loader threads")
+    p.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        help="data-loader worker processes (default 2); repeatable: --mode data times "
+        "each count, --mode train uses the last",
+    )
     p.add_argument("--threads", type=int, help="torch intra-op threads")
     p.add_argument("--matmul-size", type=int, default=2048)
     p.add_argument(
@@ -127,7 +135,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             checkpoint=args.checkpoint,
             data=args.data,
             tokenizer=args.tokenizer,
-            workers=args.workers,
+            workers=args.workers or [2],
             image_size=args.image_size,
             decoder_depth=args.decoder_depth,
             threads=args.threads,

@@ -18,6 +18,7 @@ from typing import Any
 from .. import blas
 from .. import specs as S
 from ..backend import BACKENDS, BackendUnavailable
+from .data import run_data
 from .flops import MODES, count_flops, encoder_of
 from .machine import loadavg, machine, optimized_blas
 from .plan import Config, plan, process_for, resolve_spec
@@ -48,7 +49,7 @@ def run(
     checkpoint: bool = False,
     data: str = "builtin:shapes",
     tokenizer: str | None = None,
-    workers: int = 2,
+    workers: int | Sequence[int] = 2,
     image_size: int | tuple[int, int] | None = None,
     decoder_depth: int | None = None,
     threads: int | None = None,
@@ -83,13 +84,19 @@ def run(
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}: expected {' or '.join(map(repr, BACKENDS))}")
     modes = list(dict.fromkeys([modes] if isinstance(modes, str) else modes))
-    if not modes or any(m not in MODES for m in modes):
-        raise ValueError(f"modes={modes!r}: expected some of {MODES}")
+    data_mode = "data" in modes  # the loader alone: aimv2.bench.data
+    modes = [m for m in modes if m != "data"]
+    if (not modes and not data_mode) or any(m not in MODES for m in modes):
+        raise ValueError(f"modes={modes!r}: expected some of {(*MODES, 'data')}")
+    counts = [workers] if isinstance(workers, int) else list(workers)
+    if not counts:
+        raise ValueError("workers=[]: expected at least one worker count")
+    workers = counts[-1]
     for name, value, low in (
         ("batch_size", batch_size, 1),
         ("repeats", repeats, 1),
         ("warmup", warmup, 0),
-        ("workers", workers, 0),
+        *(("workers", n, 0) for n in counts),
         ("matmul_size", matmul_size, 1),
         ("reference_repeats", reference_repeats, 0),
     ):
@@ -99,6 +106,24 @@ def run(
         raise ValueError(f"precision={precision!r}: expected 'fp32' or 'bf16'")
     resolved = _with_decoder_depth(resolve_spec(spec), decoder_depth)
     image_hw = _image_hw(encoder_of(resolved), image_size)
+    say = progress or (lambda _line: None)
+    loader_report = None
+    if data_mode:
+        loader_report = run_data(
+            encoder_of(resolved),
+            data,
+            backend,
+            workers=counts,
+            batch=batch_size,
+            repeats=repeats,
+            seed=seed,
+            settle=settle,
+            command=command,
+            machine_info=machine([backend], backend, device, False),
+            progress=say,
+        )
+        if not modes:
+            return loader_report
     flops = {}
     for mode in modes:
         try:
@@ -129,7 +154,6 @@ def run(
         settle,
         seed,
     )
-    say = progress or (lambda _line: None)
     descs = plan(cfg, resolved)
     info = machine([d.backend for d in descs], backend, device, compare)
     subjects, skipped, pool = _prepare(descs, say)
@@ -143,7 +167,12 @@ def run(
     if hasattr(os, "getloadavg"):
         info["load average (1, 5, 15 min) at end"] = loadavg()
     prepared = [(desc, subject_info) for desc, _, subject_info in subjects]
-    return make_report(cfg, resolved, flops, prepared, times, waits, skipped, info, command)
+    report = make_report(cfg, resolved, flops, prepared, times, waits, skipped, info, command)
+    if loader_report is not None:
+        report.rows += loader_report.rows
+        report.skipped += loader_report.skipped
+        report.summary += loader_report.summary
+    return report
 
 
 def _with_decoder_depth(spec: S.Spec, depth: int | None) -> S.Spec:

@@ -47,7 +47,9 @@ class Flag:
     off (``--quiet`` for ``progress``, ``--no-hflip`` for ``hflip``); ``type``: parses
     the flag's text; ``to_field``: turns the parsed value into the field's value, and
     ``shown``: the default the flag shows (with ``to_field``, the flag's own default);
-    ``choices``, ``help``: override the field's metadata; ``skip``: not a flag at all.
+    ``choices``, ``help``: override the field's metadata; ``repeat``: the flag may be
+    given several times, collecting a list (a tuple field; unset stays the default);
+    ``skip``: not a flag at all.
 
     Example:
         >>> Flag("--workers").name
@@ -61,6 +63,7 @@ class Flag:
     shown: Any = _UNSET
     choices: Sequence[Any] | None = None
     help: str | None = None
+    repeat: bool = False
     skip: bool = False
 
 
@@ -141,10 +144,14 @@ def add_config_flags(
             )
             continue
         note = "" if shown is None and optional else f" (default: {shown})"
+        if flag.repeat:
+            parse = flag.type or str
+            help_text += " (repeatable)"
         parser.add_argument(
             name,
             dest=f.name,
             type=parse,
+            action="append" if flag.repeat else "store",
             default=shown,
             choices=list(choices) if choices else None,
             metavar=None if choices else metavar,
@@ -176,6 +183,8 @@ def config_from_args(
         if f.name in values or not hasattr(args, f.name):
             continue
         value = getattr(args, f.name)
+        if flags.get(f.name, Flag()).repeat and isinstance(value, list):
+            value = tuple(value)
         convert = flags.get(f.name, Flag()).to_field
         values[f.name] = convert(value) if convert is not None else value
     return cls(**values)

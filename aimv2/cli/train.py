@@ -46,6 +46,10 @@ PRETRAIN_FLAGS = {
         help="RandomResizedCrop minimum area fraction",
     ),
     "progress": Flag("--quiet", invert=True, help="no progress bar"),
+    "caption_columns": Flag("--caption-column", repeat=True),
+    "reduced_decode": Flag(
+        "--full-decode", invert=True, help="decode JPEGs in full (default: at the reduced size)"
+    ),
 }
 
 

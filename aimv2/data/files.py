@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .sample import IMAGE_EXTENSIONS, IndexedSource, Sample, _decode_image, _user_split, log
+import numpy as np
+
+from .sample import IMAGE_EXTENSIONS, IndexedSource, RawSample, Sample, _user_split, log
 
 
 def _is_image(path: Path) -> bool:
@@ -98,14 +100,19 @@ class CaptionFolderSource(IndexedSource):
         return self.pairs[index][0].relative_to(self.root).with_suffix("").as_posix()
 
     def _load(self, index: int) -> Sample:
+        return self._load_raw(index).decode()
+
+    def _load_raw(self, index: int) -> RawSample:
         img, txt = self.pairs[index]
         caption = txt.read_text(encoding="utf-8").strip()
-        return Sample(_decode_image(img), caption, None, self.key(index))
+        return RawSample(str(img), (caption,), None, self.key(index))
 
 
 class ManifestSource(IndexedSource):
     """A JSONL manifest: one ``{"image": path, "caption": text, "label": int?}`` per line.
 
+    ``caption`` may also be a non-empty list of strings (several captions per image,
+    e.g. alt-text and a synthetic one; the loader's ``caption_sampling`` picks).
     Relative image paths are relative to the manifest's folder. Malformed lines are
     skipped and counted at open; missing or corrupt images when read.
 
@@ -126,7 +133,7 @@ class ManifestSource(IndexedSource):
         _user_split(split, "a manifest")
         super().__init__(os.fspath(path))
         self.path = path
-        self.entries: list[tuple[Path, str, int | None, str]] = []
+        self.entries: list[tuple[Path, tuple[str, ...], int | None, str]] = []
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -144,7 +151,9 @@ class ManifestSource(IndexedSource):
                 image = Path(rec["image"]).expanduser()
                 if not image.is_absolute():
                     image = path.parent / image
-                self.entries.append((image, rec["caption"], rec.get("label"), key))
+                caption = rec["caption"]
+                captions = (caption,) if isinstance(caption, str) else tuple(caption)
+                self.entries.append((image, captions, rec.get("label"), key))
         if not self.entries:
             raise ValueError(
                 f"manifest {os.fspath(path)!r}: no usable lines; expected JSON objects like "
@@ -159,8 +168,16 @@ class ManifestSource(IndexedSource):
         return self.entries[index][3]
 
     def _load(self, index: int) -> Sample:
-        image, caption, label, key = self.entries[index]
-        return Sample(_decode_image(image), caption, label, key)
+        return self._load_raw(index).decode()
+
+    def _load_raw(self, index: int) -> RawSample:
+        image, captions, label, key = self.entries[index]
+        return RawSample(str(image), captions, label, key)
+
+    def caption_counts(self) -> np.ndarray | None:
+        """Captions per line (None when every line has one)."""
+        counts = np.fromiter((len(e[1]) for e in self.entries), np.int64, len(self.entries))
+        return None if (counts == 1).all() else counts
 
 
 def _manifest_problem(rec: Any) -> str:
@@ -168,8 +185,11 @@ def _manifest_problem(rec: Any) -> str:
         return "expected a JSON object"
     if not isinstance(rec.get("image"), str) or not rec["image"]:
         return "expected a non-empty string 'image'"
-    if not isinstance(rec.get("caption"), str):
-        return "expected a string 'caption'"
+    caption = rec.get("caption")
+    if not isinstance(caption, str) and not (
+        isinstance(caption, list) and caption and all(isinstance(c, str) for c in caption)
+    ):
+        return "expected a string 'caption' (or a non-empty list of strings)"
     label = rec.get("label")
     if label is not None and (not isinstance(label, int) or isinstance(label, bool) or label < 0):
         return f"expected 'label' to be a non-negative integer, got {label!r}"
@@ -225,5 +245,8 @@ class ImageFolderSource(IndexedSource):
         return self.items[index][0].relative_to(self.root).with_suffix("").as_posix()
 
     def _load(self, index: int) -> Sample:
+        return self._load_raw(index).decode()
+
+    def _load_raw(self, index: int) -> RawSample:
         path, label = self.items[index]
-        return Sample(_decode_image(path), self.classes[label], label, self.key(index))
+        return RawSample(str(path), (self.classes[label],), label, self.key(index))

@@ -1,21 +1,26 @@
-"""The deterministic, resumable :class:`Loader` and its thread-pool helpers."""
+"""The deterministic, resumable :class:`Loader`: which batch comes next, and handing
+batches over in order; the batches themselves are made by
+:class:`~aimv2.data.batches.BatchMaker` in the runners of :mod:`aimv2.data.workers`."""
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
-import threading
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..specs import EncoderSpec
-from .sample import IndexedSource, Sample, Source
+from .batches import CAPTION_SAMPLING, BatchMaker, Item, Made
+from .sample import IndexedSource, Source
 from .shards import TarShardSource, _check_rank
 from .sources import open_source
-from .transforms import _check_range, _check_spec, _eval_array, _stack, train_transform
+from .transforms import _check_range, _check_spec
+from .workers import InlineRunner, ProcessRunner, ThreadRunner, _Runner
+
+WORKER_TYPES = ("process", "thread")
 
 
 class CaptionEncoder(Protocol):
@@ -42,52 +47,88 @@ def _nonneg_int(name: str, value: Any) -> int:
     return int(value)
 
 
-class _Inline:
-    """An executor that runs work at once in the calling thread (num_workers=0)."""
+class _Pushback:
+    """An iterator with ``take(n)`` and ``push_front(items)``."""
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> cf.Future:
-        fut: cf.Future = cf.Future()
-        try:
-            fut.set_result(fn(*args))
-        except BaseException as err:  # re-raised by fut.result() in the consumer
-            fut.set_exception(err)
-        return fut
+    def __init__(self, it: Iterator[Item]) -> None:
+        self._it, self._front, self._ended = it, deque(), False
 
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        pass
+    @property
+    def exhausted(self) -> bool:
+        return self._ended and not self._front
+
+    def take(self, n: int) -> list[Item]:
+        out: list[Item] = []
+        while len(out) < n:
+            if self._front:
+                out.append(self._front.popleft())
+                continue
+            if self._ended:
+                break
+            try:
+                out.append(next(self._it))
+            except StopIteration:
+                self._ended = True
+        return out
+
+    def push_front(self, items: list[Item]) -> None:
+        self._front.extendleft(reversed(items))
 
 
-def _ordered_map(pool: Any, fn: Callable[[Any], Any], items: Iterable[Any], window: int):
-    """``map(fn, items)`` in order, with at most ``window`` calls in flight on ``pool``."""
-    pending: deque[cf.Future] = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= window:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+@dataclass
+class _Job:
+    step: int
+    items: list[Item]
+    ticket: int
+
+
+@dataclass
+class _Part:
+    """A stream batch being filled: its slot and what its jobs made so far."""
+
+    slot: int
+    made: list[Made] = field(default_factory=list)
+    filled: int = 0
+    skipped: int = 0
 
 
 class Loader:
-    """Deterministic, resumable batches of a source, prepared by background threads.
+    """Deterministic, resumable batches of a source, made by worker processes.
 
     Each batch is ``{"images": float32 (B, C, H, W), "tokens": int64 (B, context_length)
     or None, "labels": int64 (B,) (-1 where a sample has no label), "keys": list[str],
-    "step": int}`` and depends only on ``(seed, step, rank, world_size)``: resuming
-    at ``start_step`` gives exactly the batches an uninterrupted run would have.
+    "captions": list[str], "step": int, "worker": int}`` and depends only on
+    ``(seed, step, rank, world_size)`` — not on ``num_workers``, ``worker_type`` or
+    ``prefetch``: resuming at ``start_step`` gives exactly the batches an uninterrupted
+    run would have.
 
-    Indexed sources, ``train=True``: an endless stream, a seeded permutation per epoch;
-    the global batch of step s is stream positions ``[s·B·K, (s+1)·B·K)`` (K =
-    world_size) and rank r takes its r-th slice of B, so K ranks with batch B see, as a
-    whole, what one process with batch K·B sees at the same step, with the same
-    augmentation (the per-sample RNG is seeded by (seed, step, position in the global
-    batch)). An unreadable sample is replaced by the next readable one in source order.
-    ``train=False``: one pass in source order with :func:`preprocess`, no augmentation,
-    unreadable samples dropped (the last batch may be short).
+    Indexed sources, ``train=True``: an endless stream, a seeded permutation per epoch
+    (:class:`~aimv2.data.batches.EpochOrder`; Parquet row groups are permuted, then
+    the rows inside each); the global batch of step s is stream positions
+    ``[s·B·K, (s+1)·B·K)`` (K = world_size) and rank r takes its r-th slice of B, so K
+    ranks with batch B see, as a whole, what one process with batch K·B sees at the
+    same step, with the same augmentation (the per-sample RNG is seeded by (seed, step,
+    position in the global batch)). An unreadable sample is replaced by the next
+    readable one in source order. ``train=False``: one pass in source order with
+    :func:`preprocess`, no augmentation, unreadable samples dropped (the last batch may
+    be short).
 
     Streams (tar shards) are read in order; with K ranks each rank reads its own shards
     (:meth:`TarShardSource.shard_split`). Training repeats the shards endlessly;
-    resuming re-reads (decodes, does not transform) the samples before ``start_step``.
+    resuming re-reads the samples before ``start_step`` (decoded, not handed out).
+
+    ``caption_sampling``: ``"first"`` caption of each sample, a seeded ``"random"`` one
+    (drawn from (seed, step, position)), or ``"all"`` (each caption makes a sample of
+    its own, so an image with k captions comes k times per epoch). Evaluation uses the
+    first. ``reduced_decode``: decode JPEGs at 1/2, 1/4 or 1/8 scale when the crop allows
+    (:func:`aimv2.data.decode_for_crop`); in-memory images are never affected.
+
+    Workers: ``num_workers`` processes (``worker_type="process"``: decoding and
+    augmentation scale with the cores; images come back through shared memory) or
+    threads (``"thread"``), 0 for the calling thread. At most ``prefetch`` batches
+    (default 2 per worker) are in flight. Workers stop when the iteration ends, breaks,
+    raises, or on :meth:`close`; a worker that dies is replaced and its batch redone
+    (:mod:`aimv2.data.workers`).
 
     ``skipped`` counts unreadable samples met while making the batches yielded so far.
 
@@ -118,6 +159,10 @@ class Loader:
         scale: tuple[float, float] = (0.4, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: bool = True,
+        caption_sampling: str = "first",
+        reduced_decode: bool = True,
+        worker_type: str = "process",
+        start_method: str | None = None,
     ) -> None:
         self.spec = _check_spec(spec)
         if isinstance(source, (str, os.PathLike, list, tuple)):
@@ -139,11 +184,21 @@ class Loader:
                     "spec: training batches need a fixed-size encoder (spec.image_size); "
                     "native-resolution images differ in size and cannot be stacked"
                 )
+        if caption_sampling not in CAPTION_SAMPLING:
+            raise ValueError(
+                f"caption_sampling={caption_sampling!r}: expected one of {CAPTION_SAMPLING}"
+            )
+        if worker_type not in WORKER_TYPES:
+            raise ValueError(f"worker_type={worker_type!r}: expected one of {WORKER_TYPES}")
         self.seed = _nonneg_int("seed", seed)
         self.start_step = _nonneg_int("start_step", start_step)
         self.num_workers = _nonneg_int("num_workers", num_workers)
-        self.prefetch = max(2, self.num_workers) if prefetch is None else prefetch
-        if not isinstance(self.prefetch, int) or self.prefetch < 1:
+        self.prefetch = 2 * max(1, self.num_workers) if prefetch is None else prefetch
+        if (
+            not isinstance(self.prefetch, int)
+            or isinstance(self.prefetch, bool)
+            or self.prefetch < 1
+        ):
             raise ValueError(f"prefetch={prefetch!r}: expected a positive integer")
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -151,15 +206,30 @@ class Loader:
         self.rank, self.world_size = rank, world_size
         self.context_length = context_length
         self.scale, self.ratio, self.hflip = tuple(scale), tuple(ratio), hflip
+        self.caption_sampling, self.reduced_decode = caption_sampling, bool(reduced_decode)
+        self.worker_type, self.start_method = worker_type, start_method
         if isinstance(source, TarShardSource) and world_size > 1:
             source = source.shard_split(rank, world_size)
         elif not isinstance(source, (IndexedSource, TarShardSource)):
             raise TypeError(f"source: unsupported source type {type(source).__name__}")
         self.source = source
+        self.maker = BatchMaker(
+            source,
+            self.spec,
+            seed=self.seed,
+            batch_size=batch_size,
+            rank=rank,
+            world_size=world_size,
+            train=self.train,
+            scale=self.scale,
+            ratio=self.ratio,
+            hflip=hflip,
+            caption_sampling=caption_sampling,
+            reduced_decode=self.reduced_decode,
+        )
         self._skipped = 0
-        self._bad: set[int] = set()
-        self._perms: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        self._runners: list[_Runner] = []
+        self._pass_len: int | None = None
 
     # -- public
 
@@ -195,41 +265,103 @@ class Loader:
         if not isinstance(self.source, IndexedSource):
             raise TypeError("Loader.batch(step): random access needs an indexed source")
         step = _nonneg_int("step", step)
-        out, skipped = self._indexed_batch(step)
-        self._skipped += skipped
-        return out
+        runner = InlineRunner(self.maker)
+        slot = runner.acquire()
+        return next(
+            iter(self._hand_out(runner, step, slot, runner.submit(("indexed", step), slot))), None
+        )
+
+    def close(self) -> None:
+        """Stop the workers of every iteration still open (the iterations end).
+
+        Example:
+            >>> import aimv2
+            >>> spec = aimv2.encoder_spec(width=8, depth=1, heads=2, patch_size=4,
+            ...                           image_size=8)
+            >>> ld = Loader("builtin:digits", spec, None, 2, seed=0, num_workers=1)
+            >>> it = iter(ld); _ = next(it); ld.close()
+            >>> next(it, "ended")
+            'ended'
+        """
+        for runner in list(self._runners):
+            runner.close()
+        self._runners.clear()
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        pool: Any = (
-            cf.ThreadPoolExecutor(self.num_workers, thread_name_prefix="aimv2-loader")
-            if self.num_workers
-            else _Inline()
-        )
+        runner = self._runner()
+        self._runners.append(runner)
         try:
             if isinstance(self.source, IndexedSource):
-                steps: Iterable[int] = self._train_steps() if self.train else self._eval_steps()
-                jobs: Iterable[tuple[Callable[..., Any], tuple[Any, ...]]] = (
-                    (self._indexed_batch, (s,)) for s in steps
-                )
+                yield from self._iter_indexed(runner)
             else:
-                jobs = self._stream_jobs(pool)
-            pending: deque[cf.Future] = deque()
-            for fn, args in jobs:
-                pending.append(pool.submit(fn, *args))
-                if len(pending) > self.prefetch:
-                    yield from self._hand_out(pending.popleft())
-            while pending:
-                yield from self._hand_out(pending.popleft())
+                yield from self._iter_stream(runner)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            runner.close()
+            if runner in self._runners:
+                self._runners.remove(runner)
 
     # -- internals
 
-    def _hand_out(self, fut: cf.Future) -> Iterator[dict[str, Any]]:
-        out, skipped = fut.result()
-        self._skipped += skipped
-        if out is not None:
-            yield out
+    def _runner(self) -> _Runner:
+        if self.num_workers == 0:
+            return InlineRunner(self.maker)
+        if self.worker_type == "thread":
+            return ThreadRunner(self.maker, self.num_workers)
+        return ProcessRunner(self.maker, self.num_workers, self.prefetch, self.start_method)
+
+    def _window(self) -> int:
+        return 1 if self.num_workers == 0 else self.prefetch
+
+    def _iter_indexed(self, runner: _Runner) -> Iterator[dict[str, Any]]:
+        steps: Iterable[int] = self._train_steps() if self.train else self._eval_steps()
+        pending: deque[tuple[int, int, int]] = deque()
+        window = self._window()
+        for step in steps:
+            if len(pending) >= window:
+                yield from self._hand_out(runner, *pending.popleft())
+                if runner.closed:
+                    return
+            slot = runner.acquire()
+            pending.append((step, slot, runner.submit(("indexed", step), slot)))
+        while pending:
+            yield from self._hand_out(runner, *pending.popleft())
+
+    def _hand_out(
+        self, runner: _Runner, step: int, slot: int, ticket: int
+    ) -> Iterator[dict[str, Any]]:
+        try:
+            made = runner.wait(ticket)
+            self._replay(made)
+            self._skipped += made.skipped
+            batch = self._collate(runner, step, slot, [made]) if made.count else None
+        finally:
+            runner.release(slot)
+        if batch is not None:
+            yield batch
+
+    def _replay(self, made: Made) -> None:
+        for key, reason, n in made.skips:
+            self.source._skip(key, reason, n)
+
+    def _collate(self, runner: _Runner, step: int, slot: int, made: list[Made]) -> dict:
+        count = sum(m.count for m in made)
+        if made[0].images is not None:
+            images = np.concatenate([m.images for m in made if m.images is not None])
+        else:
+            images = runner.images(slot, count)
+        captions = [c for m in made for c in m.captions]
+        tokens = None
+        if self.tokenizer is not None:
+            tokens = np.asarray(self.tokenizer.encode(captions, self.context_length), np.int64)
+        return {
+            "images": images,
+            "tokens": tokens,
+            "labels": np.asarray([x for m in made for x in m.labels], np.int64),
+            "keys": [k for m in made for k in m.keys],
+            "captions": captions,
+            "step": step,
+            "worker": made[0].worker,
+        }
 
     def _train_steps(self) -> Iterator[int]:
         step = self.start_step
@@ -242,132 +374,88 @@ class Loader:
         total = -(-n // g)
         return [s for s in range(self.start_step, total) if s * g + self.rank * b < n]
 
-    def _perm(self, epoch: int) -> np.ndarray:
-        with self._lock:
-            perm = self._perms.get(epoch)
-            if perm is not None:
-                return perm
-        perm = np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.source))
-        with self._lock:
-            self._perms[epoch] = perm
-            while len(self._perms) > 4:
-                self._perms.popitem(last=False)
-        return perm
-
-    def _sample_rng(self, step: int, position: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, 1, step, position])
-
-    def _read_replacing(self, index: int) -> tuple[Sample, int]:
-        """Sample ``index`` or, if unreadable, the next readable one in source order."""
-        src: IndexedSource = self.source  # type: ignore[assignment]
-        n, skipped = len(src), 0
-        for t in range(n):
-            i = (index + t) % n
-            if i in self._bad:
-                skipped += 1
-                continue
-            sample = src.get(i)
-            if sample is not None:
-                return sample, skipped
-            self._bad.add(i)
-            skipped += 1
-        raise RuntimeError(f"source {src.name}: no readable samples ({n} tried)")
-
-    def _indexed_batch(self, step: int) -> tuple[dict[str, Any] | None, int]:
-        src: IndexedSource = self.source  # type: ignore[assignment]
-        n, b = len(src), self.batch_size
-        base = step * self.global_batch_size + self.rank * b
-        arrays, samples, skipped = [], [], 0
-        for j in range(b):
-            position, g = self.rank * b + j, base + j
-            if self.train:
-                sample, s = self._read_replacing(int(self._perm(g // n)[g % n]))
-                skipped += s
-                arrays.append(self._transform(sample, step, position))
-            else:
-                if g >= n:
-                    break
-                sample = src.get(g)
-                if sample is None:
-                    skipped += 1
-                    continue
-                arrays.append(_eval_array(sample.image, self.spec))
-            samples.append(sample)
-        if not samples:
-            return None, skipped
-        return self._collate(step, samples, arrays), skipped
-
-    def _transform(self, sample: Sample, step: int, position: int) -> np.ndarray:
-        return train_transform(
-            sample.image,
-            self.spec,
-            self._sample_rng(step, position),
-            self.scale,
-            self.ratio,
-            self.hflip,
-        )
-
-    def _collate(self, step: int, samples: list[Sample], arrays: list[np.ndarray]) -> dict:
-        tokens = None
-        if self.tokenizer is not None:
-            tokens = np.asarray(
-                self.tokenizer.encode([s.caption for s in samples], self.context_length),
-                dtype=np.int64,
-            )
-        labels = np.asarray([-1 if s.label is None else s.label for s in samples], np.int64)
-        return {
-            "images": _stack(arrays),
-            "tokens": tokens,
-            "labels": labels,
-            "keys": [s.key for s in samples],
-            "step": step,
-        }
-
-    def _stream_batch(self, step: int, samples: list[Sample], skipped: int) -> tuple[dict, int]:
-        if self.train:
-            arrays = [
-                self._transform(s, step, self.rank * self.batch_size + j)
-                for j, s in enumerate(samples)
-            ]
-        else:
-            arrays = [_eval_array(s.image, self.spec) for s in samples]
-        return self._collate(step, samples, arrays), skipped
-
-    def _stream_samples(self, pool: Any) -> Iterator[Sample | None]:
+    def _stream_items(self) -> Iterator[Item]:
         src: TarShardSource = self.source  # type: ignore[assignment]
-        window = max(2, self.num_workers) * self.batch_size
+        every = self.caption_sampling == "all"
         while True:
-            readable = False
-            for sample in _ordered_map(pool, src.decode, src.records(), window):
-                readable = readable or sample is not None
-                yield sample
+            n = 0
+            for rec in src.records():
+                n += 1
+                raw = src.raw(rec)
+                if every and raw is not None and len(raw.captions) > 1:
+                    for k in range(len(raw.captions)):
+                        yield raw, k
+                else:
+                    yield raw, -1
+            self._pass_len = n
             if not self.train:
                 return
-            if not readable:
+            if n == 0:
                 raise RuntimeError(f"source {src.name}: no readable samples in a full pass")
 
-    def _stream_jobs(self, pool: Any) -> Iterator[tuple[Callable[..., Any], tuple[Any, ...]]]:
-        stream = self._stream_samples(pool)
-        to_skip = self.start_step * self.batch_size
-        while to_skip:
-            sample = next(stream, StopIteration)
-            if sample is StopIteration:
-                return
-            if sample is not None:
-                to_skip -= 1
-        step = self.start_step
-        while True:
-            samples: list[Sample] = []
-            skipped = 0
-            for sample in stream:
-                if sample is None:
-                    skipped += 1
-                    continue
-                samples.append(sample)
-                if len(samples) == self.batch_size:
-                    break
-            if not samples:
-                self._skipped += skipped  # unreadable samples after the last batch
-                return
-            yield self._stream_batch, (step, samples, skipped)
-            step += 1
+    def _iter_stream(self, runner: _Runner) -> Iterator[dict[str, Any]]:
+        """Batches of a stream. Which items make batch s depends on how many before it were
+        unreadable, known only once decoded: jobs are sent assuming every item is
+        readable, and when one is not, the later jobs are withdrawn, their items put
+        back, and the batch is topped up from the next items (rare: corrupt samples)."""
+        b, window = self.batch_size, self._window()
+        items = _Pushback(self._stream_items())
+        self._pass_len = None
+        pending: deque[_Job] = deque()
+        parts: dict[int, _Part] = {}
+        next_step, failed_in_row = 0, 0
+
+        def send(step: int, start: int, chunk: list[Item], slot: int) -> _Job:
+            job = ("stream", step, start, chunk, step < self.start_step)
+            return _Job(step, chunk, runner.submit(job, slot))
+
+        try:
+            while True:
+                while len(parts) < window and not items.exhausted:
+                    chunk = items.take(b)
+                    if not chunk:
+                        break
+                    parts[next_step] = _Part(runner.acquire())
+                    pending.append(send(next_step, 0, chunk, parts[next_step].slot))
+                    next_step += 1
+                if not pending:
+                    return
+                job = pending.popleft()
+                made = runner.wait(job.ticket)
+                part = parts[job.step]
+                part.made.append(made)
+                part.filled += made.count
+                part.skipped += made.skipped
+                if job.step >= self.start_step:
+                    self._replay(made)
+                failed_in_row = failed_in_row + len(job.items) if made.count == 0 else 0
+                if self._pass_len and failed_in_row >= self._pass_len:
+                    raise RuntimeError(
+                        f"source {self.source.name}: no readable samples in a full pass"
+                    )
+                if part.filled < b and made.count < len(job.items):
+                    for stale in pending:  # their items start later than they assumed
+                        runner.wait(stale.ticket)
+                    items.push_front([it for stale in pending for it in stale.items])
+                    pending.clear()
+                    for step in [s for s in parts if s > job.step]:
+                        runner.release(parts.pop(step).slot)
+                    next_step = job.step + 1
+                    more = items.take(b - part.filled)
+                    if more:
+                        pending.appendleft(send(job.step, part.filled, more, part.slot))
+                if part.filled == b or not (pending and pending[0].step == job.step):
+                    del parts[job.step]
+                    batch = None
+                    if job.step >= self.start_step:
+                        self._skipped += part.skipped
+                        if part.filled:
+                            batch = self._collate(runner, job.step, part.slot, part.made)
+                    runner.release(part.slot)
+                    if batch is not None:
+                        yield batch
+                        if runner.closed:
+                            return
+        finally:
+            for part in parts.values():
+                runner.release(part.slot)

@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -39,22 +40,24 @@ class CorruptSampleError(ValueError):
 
 @dataclass(frozen=True, eq=False)
 class Sample:
-    """One image–caption pair.
+    """One image with its caption(s).
 
-    ``image`` is (H, W, 3) uint8 RGB; ``label`` is a class index or None; ``key`` is
-    unique within its source.
+    ``image`` is (H, W, 3) uint8 RGB; ``caption`` is the first caption and ``captions``
+    all of them (alt-text, synthetic…; ``(caption,)`` when not given); ``label`` is a
+    class index or None; ``key`` is unique within its source.
 
     Example:
         >>> import numpy as np
         >>> s = Sample(np.zeros((4, 4, 3), np.uint8), "a black square", None, "k0")
-        >>> s.image.shape
-        (4, 4, 3)
+        >>> s.image.shape, s.captions
+        ((4, 4, 3), ('a black square',))
     """
 
     image: np.ndarray
     caption: str
     label: int | None
     key: str
+    captions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         img = self.image
@@ -70,6 +73,45 @@ class Sample:
             raise ValueError(f"Sample.image: expected an (H, W, 3) uint8 array, got {desc}")
         if not isinstance(self.caption, str):
             raise TypeError(f"Sample.caption: expected str, got {type(self.caption).__name__}")
+        object.__setattr__(self, "captions", _check_captions(self.captions, self.caption))
+
+
+def _check_captions(captions: Any, first: str) -> tuple[str, ...]:
+    """``captions`` as a tuple of str starting with ``first`` (``(first,)`` when empty)."""
+    captions = tuple(captions) if captions else (first,)
+    if not all(isinstance(c, str) for c in captions):
+        raise TypeError("Sample.captions: expected a sequence of str")
+    if captions[0] != first:
+        raise ValueError("Sample.captions: the first caption must be Sample.caption")
+    return captions
+
+
+@dataclass(frozen=True, eq=False)
+class RawSample:
+    """A sample whose image is still encoded: the file's bytes or its path.
+
+    What file-backed sources hand the :class:`~aimv2.data.Loader`, so that a training
+    crop decodes no more pixels than it needs (:func:`aimv2.data.decode_for_crop`);
+    :meth:`decode` gives the :class:`Sample`.
+
+    Example:
+        >>> import io, numpy as np
+        >>> from PIL import Image
+        >>> buf = io.BytesIO(); Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(buf, "PNG")
+        >>> RawSample(buf.getvalue(), ("dark", "black"), None, "k").decode().image.shape
+        (4, 6, 3)
+    """
+
+    image: bytes | str
+    captions: tuple[str, ...]
+    label: int | None
+    key: str
+
+    def decode(self) -> Sample:
+        """The decoded :class:`Sample` (any decoding error propagates)."""
+        return Sample(
+            _decode_image(self.image), self.captions[0], self.label, self.key, self.captions
+        )
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -77,7 +119,7 @@ class Sample:
 
 def _decode_image(data: bytes | str | os.PathLike) -> np.ndarray:
     """Decode an image file (bytes or path) to (H, W, 3) uint8 RGB, honouring EXIF rotation."""
-    src = io.BytesIO(data) if isinstance(data, bytes) else data
+    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
     with Image.open(src) as im:
         im.load()
         im = ImageOps.exif_transpose(im)
@@ -89,15 +131,30 @@ def _decode_image(data: bytes | str | os.PathLike) -> np.ndarray:
 
 
 class _SkipLog:
-    """Thread-safe skip counter that logs one warning per distinct key."""
+    """Thread-safe skip counter that logs one warning per distinct key.
+
+    In a loader's worker process ``capture`` is a list: skips are recorded there (and
+    neither counted nor logged) for the parent to replay into its own log.
+    """
 
     def __init__(self, owner: str) -> None:
         self.owner = owner
         self.count = 0
+        self.capture: list[tuple[str, str, int]] | None = None
         self._warned: set[str] = set()
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def add(self, key: str, reason: str, n: int = 1) -> None:
+        if self.capture is not None:
+            self.capture.append((key, reason, n))
+            return
         with self._lock:
             self.count += n
             first = key not in self._warned
@@ -160,6 +217,21 @@ class IndexedSource(Source):
 
     def _load(self, index: int) -> Sample:
         raise NotImplementedError
+
+    def _load_raw(self, index: int) -> Sample | RawSample:
+        """Sample ``index`` with its image still encoded where the source reads files
+        (the loader decodes it for the crop); in-memory sources return the Sample."""
+        return self._load(index)
+
+    def blocks(self) -> np.ndarray | None:
+        """Sizes of the consecutive blocks (e.g. Parquet row groups) random access should
+        stay within, or None when any order is cheap."""
+        return None
+
+    def caption_counts(self) -> np.ndarray | None:
+        """Captions per sample (for ``caption_sampling="all"``), or None when every
+        sample has one."""
+        return None
 
     def key(self, index: int) -> str:
         """The unique key of sample ``index`` (no decoding)."""

@@ -9,7 +9,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from .sample import IMAGE_EXTENSIONS, Sample, StreamSource, _decode_image
+from .sample import IMAGE_EXTENSIONS, RawSample, Sample, StreamSource
 
 
 def _expand_braces(pattern: str) -> list[str]:
@@ -165,8 +165,9 @@ class TarShardSource(StreamSource):
             return None
         return rec
 
-    def decode(self, rec: _Record | None) -> Sample | None:
-        """Decode a raw record; None (counted) when it cannot be read."""
+    def raw(self, rec: _Record | None) -> RawSample | None:
+        """A record with its image still encoded; None (counted) for an incomplete one or
+        a bad label. The image is decoded later (by the loader's workers)."""
         if rec is None:
             return None
         try:
@@ -175,9 +176,21 @@ class TarShardSource(StreamSource):
                 label = int(rec.label)
                 if label < 0:
                     raise ValueError(f"negative class label {label}")
-            return Sample(_decode_image(rec.image), rec.caption, label, rec.key)
         except Exception as err:
             self._skip(rec.key, f"{type(err).__name__}: {err}")
+            return None
+        assert rec.image is not None and rec.caption is not None  # _finish checked
+        return RawSample(rec.image, (rec.caption,), label, rec.key)
+
+    def decode(self, rec: _Record | None) -> Sample | None:
+        """Decode a raw record; None (counted) when it cannot be read."""
+        raw = self.raw(rec)
+        if raw is None:
+            return None
+        try:
+            return raw.decode()
+        except Exception as err:
+            self._skip(raw.key, f"{type(err).__name__}: {err}")
             return None
 
     def __iter__(self) -> Iterator[Sample]:

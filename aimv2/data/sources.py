@@ -6,12 +6,15 @@ from __future__ import annotations
 import glob
 import os
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl
 
 from .builtin import DigitsSource, ShapesSource
 from .files import CaptionFolderSource, ImageFolderSource, ManifestSource, _require_path
-from .sample import IndexedSource, Source, _user_split
+from .sample import IMAGE_EXTENSIONS, IndexedSource, Source, _user_split
 from .shards import TarShardSource
+from .tables import ArrowSource, ParquetSource
 
 
 def _builtin(spec: str, split: str, seed: int) -> IndexedSource:
@@ -39,16 +42,34 @@ def _builtin(spec: str, split: str, seed: int) -> IndexedSource:
     raise ValueError(f"source={spec!r}: expected 'builtin:digits' or 'builtin:shapes'")
 
 
+def _is_table_dir(path: Path) -> str | None:
+    """``arrow`` for a ``save_to_disk`` folder, ``parquet`` for a folder of Parquet files
+    without images, else None."""
+    if (path / "state.json").is_file() or (path / "dataset_dict.json").is_file():
+        return "arrow"
+    if any(path.rglob("*.parquet")) and not any(
+        p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*")
+    ):
+        return "parquet"
+    return None
+
+
 def open_source(
     source: str | os.PathLike | Sequence[str | os.PathLike],
     *,
     split: str = "train",
     seed: int = 0,
+    image_column: str | None = None,
+    caption_columns: str | Sequence[str] | None = None,
+    label_column: str | None = None,
+    key_column: str | None = None,
 ) -> Source:
     """Open a source from a string (see :mod:`aimv2.data` for the forms).
 
     ``split`` chooses a fixed part of a builtin set (``train``/``heldout``/``all``); your
     own data is used whole (``train`` or ``all``). ``seed`` only varies ``builtin:shapes``.
+    The ``*_column(s)`` arguments name the columns of Parquet and Arrow sources
+    (:mod:`aimv2.data.tables`; by default the usual names are looked for).
 
     Example:
         >>> len(open_source("builtin:digits", split="all"))
@@ -56,11 +77,30 @@ def open_source(
         >>> open_source("builtin:shapes?size=16&length=5", split="heldout")[0].image.shape
         (16, 16, 3)
     """
+    columns = dict(
+        image_column=image_column,
+        caption_columns=caption_columns,
+        label_column=label_column,
+        key_column=key_column,
+    )
+    source_obj = _open(source, split, seed, columns)
+    if not isinstance(source_obj, (ParquetSource, ArrowSource)):
+        given = [k for k, v in columns.items() if v is not None]
+        if given:
+            raise ValueError(
+                f"{given[0]}: only Parquet and Arrow sources have columns, not {source_obj!r}"
+            )
+    return source_obj
+
+
+def _open(source: Any, split: str, seed: int, columns: dict[str, Any]) -> Source:
     if not isinstance(split, str):
         raise TypeError(f"split: expected a str, got {type(split).__name__}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed={seed!r}: expected a non-negative integer")
     if isinstance(source, (list, tuple)):
+        if source and all(os.fspath(p).endswith(".parquet") for p in source):
+            return ParquetSource(source, split, **columns)
         _user_split(split, "tar shards")
         return TarShardSource(source)
     if not isinstance(source, (str, os.PathLike)):
@@ -74,15 +114,29 @@ def open_source(
         return _builtin(text, split, seed)
     if text.startswith("imagefolder:"):
         return ImageFolderSource(text[len("imagefolder:") :], split)
+    if text.startswith("parquet:"):
+        return ParquetSource(text[len("parquet:") :], split, **columns)
+    if text.startswith("arrow:"):
+        return ArrowSource(text[len("arrow:") :], split, **columns)
+    if text.endswith(".parquet"):
+        return ParquetSource(text, split, **columns)
+    if text.endswith(".arrow"):
+        return ArrowSource(text, split, **columns)
     if text.endswith(".tar") or "{" in text or glob.has_magic(text):
         _user_split(split, "tar shards")
         return TarShardSource(text)
     path = _require_path(text, "source")
     if path.is_dir():
+        kind = _is_table_dir(path)
+        if kind == "arrow":
+            return ArrowSource(path, split, **columns)
+        if kind == "parquet":
+            return ParquetSource(path, split, **columns)
         return CaptionFolderSource(path, split)
     if path.suffix.lower() == ".jsonl":
         return ManifestSource(path, split)
     raise ValueError(
         f"source={text!r}: expected 'builtin:NAME', 'imagefolder:DIR', a folder of images "
-        "with .txt captions, a .jsonl manifest or .tar shards"
+        "with .txt captions, a .jsonl manifest, .tar shards, .parquet files or an Arrow / "
+        "Hugging Face save_to_disk folder"
     )

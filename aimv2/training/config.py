@@ -39,6 +39,10 @@ class PretrainConfig:
     ``warmup=None`` is min(12,500, steps // 10); ``min_lr=None`` is lr / 100.
     ``stop_after`` ends the run (with a checkpoint) after that many steps while the
     schedule stays planned for ``steps`` — continue later with ``resume``.
+    ``image_column`` / ``caption_columns`` name the columns of Parquet and Arrow data;
+    ``caption_sampling`` (``first``, ``random``, ``all``) picks among several captions
+    per image and ``reduced_decode`` decodes JPEGs at the size the crop needs
+    (:class:`aimv2.data.Loader`); ``num_workers`` are loader processes.
 
     Example:
         >>> PretrainConfig(out="runs/x").preset
@@ -96,7 +100,7 @@ class PretrainConfig:
     tokenizer: str | None = field(
         default=None, metadata={"help": "SentencePiece model (built-in data has its own)"}
     )
-    num_workers: int = field(default=2, metadata={"help": "background data threads"})
+    num_workers: int = field(default=2, metadata={"help": "data-loader worker processes"})
     compile: bool = field(default=False, metadata={"help": "torch.compile / mx.compile"})
     autocast: str | None = field(
         default=None, metadata={"help": "bf16 autocast (torch)", "choices": ("bf16",)}
@@ -128,6 +132,26 @@ class PretrainConfig:
         default=600.0,
         metadata={"help": "seconds a collective may wait for the other ranks before the run stops"},
     )
+    image_column: str | None = field(
+        default=None, metadata={"help": "Parquet/Arrow: the image column (default: image, jpg…)"}
+    )
+    caption_columns: tuple[str, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "Parquet/Arrow: caption columns (alt-text, synthetic…; default: caption, text…)"
+        },
+    )
+    caption_sampling: str = field(
+        default="first",
+        metadata={
+            "help": "several captions per image: the first, a seeded random one per step, or "
+            "all (each caption a sample)",
+            "choices": ("first", "random", "all"),
+        },
+    )
+    reduced_decode: bool = field(
+        default=True, metadata={"help": "decode JPEGs at the reduced size the crop needs"}
+    )
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -142,6 +166,8 @@ class PretrainConfig:
         d = dataclasses.asdict(self)
         d["spec"] = None if self.spec is None else self.spec.to_dict()
         d["crop_scale"] = list(self.crop_scale)
+        if self.caption_columns is not None:
+            d["caption_columns"] = list(self.caption_columns)
         return d
 
 

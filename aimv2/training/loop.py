@@ -145,8 +145,14 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
     if cfg.resume and found.damaged:
         _set_aside_damaged(found, world)
     try:
-        source = open_source(cfg.data, split="train", seed=cfg.seed)
-    except (FileNotFoundError, ValueError) as err:
+        source = open_source(
+            cfg.data,
+            split="train",
+            seed=cfg.seed,
+            image_column=cfg.image_column,
+            caption_columns=cfg.caption_columns,
+        )
+    except (FileNotFoundError, ValueError, ImportError) as err:
         raise TrainingError(f"--data {cfg.data!r}: {err}") from None
     tokenizer = load_tokenizer(cfg, spec)
     be = load_backend(cfg.backend)
@@ -218,6 +224,8 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
             context_length=spec.decoder.context_length,
             scale=tuple(cfg.crop_scale),
             hflip=cfg.hflip,
+            caption_sampling=cfg.caption_sampling,
+            reduced_decode=cfg.reduced_decode,
         )
     except ValueError as err:  # e.g. fewer tar shards than ranks, a bad crop scale
         raise TrainingError(f"data loader: {err}") from None

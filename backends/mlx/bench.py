@@ -46,6 +46,7 @@ __all__ = [
     "encoder",
     "train_step",
     "peak_memory",
+    "data_loader",
 ]
 
 NAME = "mlx"
@@ -237,6 +238,23 @@ def peak_memory(call: Callable[[], Any], device: str | None = None) -> int | Non
     mx.reset_peak_memory()
     call()
     return max(0, mx.get_peak_memory() - before)
+
+
+def data_loader(
+    dataset: Any, batch: int, workers: int, seed: int = 0
+) -> tuple[Callable[[], Any], Callable[[], None], dict[str, Any]]:
+    """MLX has no data loader of its own (MLX programs use NumPy-based loaders, such as
+    :class:`aimv2.data.Loader`): there is no baseline to time, so this raises
+    NotImplementedError and ``aimv2 bench --mode data`` lists it as skipped.
+
+    Example:
+        >>> try:
+        ...     data_loader([], 1, 0)
+        ... except NotImplementedError as err:
+        ...     print(err)
+        mlx has no DataLoader: nothing to compare aimv2.data.Loader with
+    """
+    raise NotImplementedError("mlx has no DataLoader: nothing to compare aimv2.data.Loader with")
 
 
 def _sync() -> None:

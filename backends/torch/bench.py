@@ -47,6 +47,7 @@ __all__ = [
     "encoder",
     "train_step",
     "peak_memory",
+    "data_loader",
 ]
 
 NAME = "torch"
@@ -240,6 +241,44 @@ def peak_memory(call: Callable[[], Any], device: str | None = None) -> int | Non
         return None
     call()
     return max(0, _proc_status().get("VmHWM", before) - before)
+
+
+def data_loader(
+    dataset: Any, batch: int, workers: int, seed: int = 0
+) -> tuple[Callable[[], Any], Callable[[], None], dict[str, Any]]:
+    """``torch.utils.data.DataLoader`` over ``dataset`` as PyTorch users run it: shuffled
+    (a sampler seeded with ``seed``, a new permutation each epoch, endless), ``workers``
+    worker processes with the default ``prefetch_factor`` (2 batches each), default
+    collation (NumPy arrays become one tensor, made in the worker's shared memory):
+    ``call()`` returns the next collated batch. ``info["close"]()`` stops the workers.
+
+    Example:
+        >>> import numpy as np
+        >>> call, sync, info = data_loader([np.full(3, i, np.float32) for i in range(8)], 4, 0)
+        >>> tuple(call().shape), info["prefetch"]
+        ((4, 3), 0)
+    """
+    from torch.utils.data import DataLoader, RandomSampler
+
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    # one endless iterator: a new permutation every len(dataset) samples
+    sampler = RandomSampler(dataset, num_samples=1 << 40, generator=gen)
+    loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers)
+    state: dict[str, Any] = {"it": iter(loader)}
+
+    def call() -> Any:
+        return next(state["it"])
+
+    def close() -> None:
+        state.clear()  # the iterator shuts its workers down when it is collected
+
+    info = {
+        "prefetch": 2 * workers,
+        "note": f"torch.utils.data.DataLoader {torch.__version__}, prefetch_factor 2",
+        "close": close,
+    }
+    return call, lambda: None, info
 
 
 def _built(spec: Spec, seed: int) -> torch.nn.Module:
