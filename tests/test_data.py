@@ -258,7 +258,9 @@ def test_folder_errors(tmp_path: Path):
 
 
 def test_manifest(manifest: Path):
-    src = open_source(str(manifest))
+    confined = open_source(str(manifest))  # the absolute path is outside its folder
+    assert len(confined) == 5 and confined.skipped == 4
+    src = open_source(str(manifest), allow_outside=True)
     assert len(src) == 6 and src.skipped == 3  # bad JSON, no caption, bad label
     samples = list(src)
     assert [s.caption for s in samples] == ["green 0", "green 1", "green 2", "green 3", "absolute"]
@@ -554,7 +556,7 @@ def test_loader_skips_corrupt_samples(caption_folder: Path):
 
 def test_loader_eval_single_pass(manifest: Path):
     spec = enc(8)
-    src = open_source(str(manifest))
+    src = open_source(str(manifest), allow_outside=True)
     loader = Loader(src, spec, None, 4, seed=0, train=False)
     batches = list(loader)
     assert [b["keys"] for b in batches] == [

@@ -14,7 +14,7 @@ import aimv2
 from aimv2.bench.data import make_photo
 from aimv2.data import CorruptSampleError, decode_for_crop, train_transform, transform_encoded
 from aimv2.data.decode import encoded_size, reduction_for
-from aimv2.data.sample import _decode_image
+from aimv2.data.images import decode_image as _decode_image
 from aimv2.data.transforms import _random_resized_box
 
 
@@ -106,7 +106,7 @@ def test_reduction_for_and_errors():
     assert reduction_for(448, 448, 224, 224) == 2
     assert reduction_for(447, 1000, 224, 224) == 1
     assert reduction_for(128, 130, 16, 16) == 8
-    with pytest.raises(CorruptSampleError, match="unreadable image"):
+    with pytest.raises(CorruptSampleError, match="unreadable"):
         decode_for_crop(encode(make_photo(0, (64, 48)))[:300], (0, 0, 32, 32), (8, 8))
     with pytest.raises(ValueError, match="box="):
         decode_for_crop(encode(make_photo(0, (64, 48))), (40, 0, 32, 32), (8, 8))

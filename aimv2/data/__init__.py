@@ -22,10 +22,15 @@ batches a source with worker processes so that every batch is a pure function of
 at the reduced size a crop needs (:func:`decode_for_crop`).
 
 Unreadable samples never stop a run: they are skipped, counted (``source.skipped``,
-``loader.skipped``) and logged once per key on the ``aimv2.data`` logger.
+``loader.skipped``) and logged once per key on the ``aimv2.data`` logger; a source of
+which nothing can be read is an :class:`UnreadableSourceError`. Images are read from
+regular files only, checked against a pixel limit from their header before decoding
+(:func:`set_max_pixels`), and every PIL mode is scaled by its own range
+(:mod:`~aimv2.data.images`); a manifest's images must lie inside its folder unless
+``allow_outside=True``.
 
-The package's modules, from the bottom up: :mod:`~aimv2.data.sample` (samples, the
-source base classes, image decoding), :mod:`~aimv2.data.builtin`,
+The package's modules, from the bottom up: :mod:`~aimv2.data.images` (reading and
+decoding image files), :mod:`~aimv2.data.sample` (samples, the source base classes), :mod:`~aimv2.data.builtin`,
 :mod:`~aimv2.data.files`, :mod:`~aimv2.data.shards` and :mod:`~aimv2.data.tables` (the
 sources), :mod:`~aimv2.data.sources` (:func:`open_source`),
 :mod:`~aimv2.data.transforms`, :mod:`~aimv2.data.decode` (reduced decoding),
@@ -44,8 +49,16 @@ from .builtin import SHAPE_CLASSES as SHAPE_CLASSES  # public constant, not in _
 from .builtin import DigitsSource, ShapesSource, builtin_captions
 from .decode import decode_for_crop, transform_encoded
 from .files import CaptionFolderSource, ImageFolderSource, ManifestSource
+from .images import CorruptSampleError, max_pixels, set_max_pixels
 from .loader import Loader
-from .sample import CorruptSampleError, IndexedSource, RawSample, Sample, Source, StreamSource
+from .sample import (
+    IndexedSource,
+    RawSample,
+    Sample,
+    Source,
+    StreamSource,
+    UnreadableSourceError,
+)
 from .shards import TarShardSource, expand_shards
 from .sources import open_source
 from .tables import ArrowSource, ParquetSource
@@ -56,6 +69,9 @@ __all__ = [
     "Sample",
     "RawSample",
     "CorruptSampleError",
+    "UnreadableSourceError",
+    "max_pixels",
+    "set_max_pixels",
     "DataWorkerError",
     "CAPTION_SAMPLING",
     "Source",

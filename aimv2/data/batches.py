@@ -20,7 +20,14 @@ import numpy as np
 
 from ..specs import EncoderSpec
 from .decode import transform_encoded
-from .sample import CorruptSampleError, IndexedSource, RawSample, Sample, Source
+from .sample import (
+    CorruptSampleError,
+    IndexedSource,
+    RawSample,
+    Sample,
+    Source,
+    UnreadableSourceError,
+)
 from .transforms import _eval_array, _stack, train_transform
 
 __all__ = ["CAPTION_SAMPLING", "EpochOrder", "Made", "BatchMaker"]
@@ -251,7 +258,7 @@ class BatchMaker:
         """Sample ``index`` transformed or, if unreadable, the next readable one in source
         order (with its first caption)."""
         src: IndexedSource = self.source  # type: ignore[assignment]
-        n, skipped = len(src), 0
+        n, skipped, why = len(src), 0, []
         for t in range(n):
             i = (index + t) % n
             if i in self._bad:
@@ -260,15 +267,21 @@ class BatchMaker:
             try:
                 raw = src._load_raw(i)
             except Exception as err:
-                src._skip(src.key(i), f"{type(err).__name__}: {err}")
+                reason, key = f"{type(err).__name__}: {err}", src.key(i)
             else:
                 try:
                     return self._transform(raw, step, position), raw, skipped
                 except CorruptSampleError as err:
-                    src._skip(raw.key, str(err))
+                    reason, key = str(err), raw.key
+            src._skip(key, reason)
+            if len(why) < 3:
+                why.append(f"{key}: {reason}")
             self._bad.add(i)
             skipped += 1
-        raise RuntimeError(f"source {src.name}: no readable samples ({n} tried)")
+        first = f" (first: {'; '.join(why)})" if why else ""
+        raise UnreadableSourceError(
+            f"source {src.name}: none of the {n} samples tried could be read{first}"
+        )
 
     # -- streams
 

@@ -17,14 +17,13 @@ the antialiasing of the bicubic resize); ``tests/test_data_decode.py`` bounds it
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
 from PIL import Image, ImageOps
 
 from ..specs import EncoderSpec
-from .sample import CorruptSampleError
+from .images import CorruptSampleError, open_image, pixel_reduction, to_rgb
 from .transforms import _RESAMPLE, _check_range, _check_spec, _normalize, _random_resized_box
 
 __all__ = ["REDUCTIONS", "encoded_size", "reduction_for", "decode_for_crop", "transform_encoded"]
@@ -36,12 +35,6 @@ _SWAPS = (5, 6, 7, 8)  # orientations that exchange width and height
 
 class _BoxError(ValueError):
     """A crop box outside the image: the caller's mistake, not a corrupt file."""
-
-
-def _open(data: bytes | str | os.PathLike) -> Image.Image:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return Image.open(io.BytesIO(data))
-    return Image.open(data)
 
 
 def _orientation(im: Image.Image) -> int:
@@ -63,7 +56,7 @@ def encoded_size(data: bytes | str | os.PathLike) -> tuple[int, int]:
         >>> encoded_size(buf.getvalue())
         (40, 30)
     """
-    with _open(data) as im:
+    with open_image(data) as im:
         w, h = im.size
         return (h, w) if _orientation(im) in _SWAPS else (w, h)
 
@@ -110,7 +103,7 @@ def decode_for_crop(
         ((16, 16), (16, 16))
     """
     try:
-        with _open(data) as im:
+        with open_image(data) as im:
             return _decode_open(im, box, size, interpolation, reduce)
     except (_BoxError, CorruptSampleError):
         raise
@@ -139,12 +132,13 @@ def _decode_open(
             f"box={box!r}: expected (left, top, width, height) inside the {ow}x{oh} image"
         )
     s = reduction_for(cw, ch, tw, th) if reduce and im.format == "JPEG" else 1
+    s = max(s, pixel_reduction(im))  # an image over the pixel limit: reduced, or refused
     if s > 1:
         im.draft("RGB", (raw_w // s, raw_h // s))
     im.load()
     if orientation != 1:
         im = ImageOps.exif_transpose(im)
-    rgb = im.convert("RGB")
+    rgb = to_rgb(im)
     if rgb.width <= 0 or rgb.height <= 0:
         raise CorruptSampleError(f"decoded image has size {rgb.size}")
     if rgb.size == (ow, oh):  # not reduced: exactly the full path
@@ -188,7 +182,7 @@ def transform_encoded(
     _check_range("ratio", ratio, lambda v: v > 0, "0 < low <= high")
     th, tw = spec.image_size
     try:
-        with _open(data) as im:  # one open: the header gives the size the box needs
+        with open_image(data) as im:  # one open: the header gives the size the box needs
             orientation = _orientation(im)
             w, h = im.size[::-1] if orientation in _SWAPS else im.size
             if w <= 0 or h <= 0:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .images import CorruptSampleError, read_regular
 from .sample import IMAGE_EXTENSIONS, IndexedSource, RawSample, Sample, _user_split, log
 
 
@@ -18,11 +20,32 @@ def _is_image(path: Path) -> bool:
 
 
 def _visible_files(root: Path) -> list[Path]:
+    """Regular files (or links to them) under ``root``, hidden ones left out; a FIFO,
+    device or socket — which would block or never end when read — is logged and left
+    out."""
     out = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in filenames if not f.startswith("."))
+        for f in filenames:
+            p = Path(dirpath) / f
+            if f.startswith("."):
+                continue
+            try:
+                regular = stat.S_ISREG(p.stat().st_mode)
+            except OSError:  # a dangling link
+                regular = False
+            if regular:
+                out.append(p)
+            else:
+                log.warning("%s: skipped %s: not a regular file", os.fspath(root), p)
     return sorted(out)
+
+
+def _text(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8").strip()
+    except UnicodeDecodeError as err:
+        raise CorruptSampleError(f"caption file {os.fspath(path)!r} is not UTF-8 ({err})") from None
 
 
 def _require_path(path: str | os.PathLike, what: str) -> Path:
@@ -104,7 +127,7 @@ class CaptionFolderSource(IndexedSource):
 
     def _load_raw(self, index: int) -> RawSample:
         img, txt = self.pairs[index]
-        caption = txt.read_text(encoding="utf-8").strip()
+        caption = _text(read_regular(txt, "caption file"), txt)
         return RawSample(str(img), (caption,), None, self.key(index))
 
 
@@ -113,8 +136,11 @@ class ManifestSource(IndexedSource):
 
     ``caption`` may also be a non-empty list of strings (several captions per image,
     e.g. alt-text and a synthetic one; the loader's ``caption_sampling`` picks).
-    Relative image paths are relative to the manifest's folder. Malformed lines are
-    skipped and counted at open; missing or corrupt images when read.
+    Image paths are relative to the manifest's folder and must stay inside it: a line
+    naming an absolute path or climbing out with ``..`` is skipped and counted, unless
+    ``allow_outside=True`` (for a manifest you wrote yourself). Links inside the folder
+    are followed (the folder's owner made them). Malformed lines are skipped and counted
+    at open; missing or corrupt images when read.
 
     Example:
         >>> import tempfile, pathlib, json, numpy as np
@@ -126,7 +152,9 @@ class ManifestSource(IndexedSource):
         'x'
     """
 
-    def __init__(self, path: str | os.PathLike, split: str = "train") -> None:
+    def __init__(
+        self, path: str | os.PathLike, split: str = "train", *, allow_outside: bool = False
+    ) -> None:
         path = _require_path(path, "manifest")
         if not path.is_file():
             raise IsADirectoryError(f"manifest: {os.fspath(path)!r} is not a file")
@@ -149,6 +177,13 @@ class ManifestSource(IndexedSource):
                     self._skip(key, problem)
                     continue
                 image = Path(rec["image"]).expanduser()
+                if not allow_outside and _escapes(image):
+                    self._skip(
+                        key,
+                        f"image {rec['image']!r} is outside the manifest's folder "
+                        "(allow_outside=True / --allow-outside-paths allows it)",
+                    )
+                    continue
                 if not image.is_absolute():
                     image = path.parent / image
                 caption = rec["caption"]
@@ -178,6 +213,14 @@ class ManifestSource(IndexedSource):
         """Captions per line (None when every line has one)."""
         counts = np.fromiter((len(e[1]) for e in self.entries), np.int64, len(self.entries))
         return None if (counts == 1).all() else counts
+
+
+def _escapes(image: Path) -> bool:
+    """Whether a manifest's image path leaves its folder: absolute, or climbing out with
+    ``..`` (judged on the text, so links the folder's owner made still work)."""
+    if image.is_absolute() or image.drive:
+        return True
+    return os.path.normpath(image).split(os.sep)[0] == ".."
 
 
 def _manifest_problem(rec: Any) -> str:

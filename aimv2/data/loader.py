@@ -14,7 +14,7 @@ import numpy as np
 
 from ..specs import EncoderSpec
 from .batches import CAPTION_SAMPLING, BatchMaker, Item, Made
-from .sample import IndexedSource, Source
+from .sample import IndexedSource, Source, unreadable
 from .shards import TarShardSource, _check_rank
 from .sources import open_source
 from .transforms import _check_range, _check_spec
@@ -391,7 +391,7 @@ class Loader:
             if not self.train:
                 return
             if n == 0:
-                raise RuntimeError(f"source {src.name}: no readable samples in a full pass")
+                raise unreadable(src)
 
     def _iter_stream(self, runner: _Runner) -> Iterator[dict[str, Any]]:
         """Batches of a stream. Which items make batch s depends on how many before it were
@@ -430,9 +430,7 @@ class Loader:
                     self._replay(made)
                 failed_in_row = failed_in_row + len(job.items) if made.count == 0 else 0
                 if self._pass_len and failed_in_row >= self._pass_len:
-                    raise RuntimeError(
-                        f"source {self.source.name}: no readable samples in a full pass"
-                    )
+                    raise unreadable(self.source)
                 if part.filled < b and made.count < len(job.items):
                     for stale in pending:  # their items start later than they assumed
                         runner.wait(stale.ticket)

@@ -1,41 +1,45 @@
-"""Samples and the source base classes: :class:`Sample`, :class:`CorruptSampleError`,
-:class:`Source` / :class:`IndexedSource` / :class:`StreamSource`, the per-source skip
-log and image decoding."""
+"""Samples and the source base classes: :class:`Sample`, :class:`Source` /
+:class:`IndexedSource` / :class:`StreamSource` and the per-source skip log
+(:class:`CorruptSampleError` and image decoding are in :mod:`aimv2.data.images`)."""
 
 from __future__ import annotations
 
-import io
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
+
+from .images import CorruptSampleError, decode_image
 
 log = logging.getLogger("aimv2.data")
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-class CorruptSampleError(ValueError):
-    """A sample exists but cannot be read (bad image bytes, unreadable caption, …).
+class UnreadableSourceError(ValueError):
+    """A source of which no sample could be read: the message names the source, how many
+    were tried and the first reasons.
 
     Example:
-        >>> import tempfile, pathlib, json
-        >>> from aimv2.data import open_source
-        >>> d = pathlib.Path(tempfile.mkdtemp())
-        >>> _ = (d / "a.png").write_bytes(b"not a png")
-        >>> _ = (d / "m.jsonl").write_text(json.dumps({"image": "a.png", "caption": "x"}))
-        >>> src = open_source(d / "m.jsonl")
-        >>> try:
-        ...     src[0]
-        ... except CorruptSampleError as err:
-        ...     print(isinstance(err, ValueError), "unreadable" in str(err))
-        True True
+        >>> issubclass(UnreadableSourceError, ValueError)
+        True
     """
+
+
+def unreadable(src: Source) -> UnreadableSourceError:
+    """The :class:`UnreadableSourceError` of ``src`` after a full pass read nothing.
+
+    Example:
+        >>> from aimv2.data import open_source
+        >>> str(unreadable(open_source("builtin:digits")))
+        'source builtin:digits[train]: no sample could be read in a full pass'
+    """
+    seen = src._skips.examples
+    why = f" (first: {'; '.join(seen)})" if seen else ""
+    return UnreadableSourceError(f"source {src.name}: no sample could be read in a full pass{why}")
 
 
 @dataclass(frozen=True, eq=False)
@@ -110,24 +114,11 @@ class RawSample:
     def decode(self) -> Sample:
         """The decoded :class:`Sample` (any decoding error propagates)."""
         return Sample(
-            _decode_image(self.image), self.captions[0], self.label, self.key, self.captions
+            decode_image(self.image), self.captions[0], self.label, self.key, self.captions
         )
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _decode_image(data: bytes | str | os.PathLike) -> np.ndarray:
-    """Decode an image file (bytes or path) to (H, W, 3) uint8 RGB, honouring EXIF rotation."""
-    src = io.BytesIO(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-    with Image.open(src) as im:
-        im.load()
-        im = ImageOps.exif_transpose(im)
-        rgb = im.convert("RGB")
-    arr = np.asarray(rgb, dtype=np.uint8)
-    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise CorruptSampleError(f"decoded image has shape {arr.shape}")
-    return arr
 
 
 class _SkipLog:
@@ -142,6 +133,7 @@ class _SkipLog:
         self.count = 0
         self.capture: list[tuple[str, str, int]] | None = None
         self._warned: set[str] = set()
+        self.examples: list[str] = []  # the first few "key: reason", for error messages
         self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -159,6 +151,8 @@ class _SkipLog:
             self.count += n
             first = key not in self._warned
             self._warned.add(key)
+            if first and len(self.examples) < 3:
+                self.examples.append(f"{key}: {reason}")
         if first:
             log.warning("%s: skipped %s: %s", self.owner, key, reason)
 

@@ -63,6 +63,7 @@ def open_source(
     caption_columns: str | Sequence[str] | None = None,
     label_column: str | None = None,
     key_column: str | None = None,
+    allow_outside: bool = False,
 ) -> Source:
     """Open a source from a string (see :mod:`aimv2.data` for the forms).
 
@@ -70,6 +71,7 @@ def open_source(
     own data is used whole (``train`` or ``all``). ``seed`` only varies ``builtin:shapes``.
     The ``*_column(s)`` arguments name the columns of Parquet and Arrow sources
     (:mod:`aimv2.data.tables`; by default the usual names are looked for).
+    ``allow_outside`` lets a ``.jsonl`` manifest name images outside its folder.
 
     Example:
         >>> len(open_source("builtin:digits", split="all"))
@@ -83,7 +85,7 @@ def open_source(
         label_column=label_column,
         key_column=key_column,
     )
-    source_obj = _open(source, split, seed, columns)
+    source_obj = _open(source, split, seed, columns, allow_outside)
     if not isinstance(source_obj, (ParquetSource, ArrowSource)):
         given = [k for k, v in columns.items() if v is not None]
         if given:
@@ -93,7 +95,9 @@ def open_source(
     return source_obj
 
 
-def _open(source: Any, split: str, seed: int, columns: dict[str, Any]) -> Source:
+def _open(
+    source: Any, split: str, seed: int, columns: dict[str, Any], allow_outside: bool
+) -> Source:
     if not isinstance(split, str):
         raise TypeError(f"split: expected a str, got {type(split).__name__}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -134,7 +138,7 @@ def _open(source: Any, split: str, seed: int, columns: dict[str, Any]) -> Source
             return ParquetSource(path, split, **columns)
         return CaptionFolderSource(path, split)
     if path.suffix.lower() == ".jsonl":
-        return ManifestSource(path, split)
+        return ManifestSource(path, split, allow_outside=allow_outside)
     raise ValueError(
         f"source={text!r}: expected 'builtin:NAME', 'imagefolder:DIR', a folder of images "
         "with .txt captions, a .jsonl manifest, .tar shards, .parquet files or an Arrow / "

@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..specs import EncoderSpec
-from .sample import _decode_image
+from .images import decode_image, to_rgb
 
 ImageLike = Image.Image | np.ndarray | str | os.PathLike
 
@@ -21,11 +21,11 @@ ImageLike = Image.Image | np.ndarray | str | os.PathLike
 def _to_pil(image: Any, name: str = "image") -> Image.Image:
     """A PIL RGB image from a PIL image, a uint8 array ((H, W), (H, W, 1|3)) or a path."""
     if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
+        return to_rgb(image, name)
     if isinstance(image, (str, os.PathLike)):
         if not os.path.exists(image):
             raise FileNotFoundError(f"{name}: no such file {os.fspath(image)!r}")
-        return Image.fromarray(_decode_image(image))
+        return Image.fromarray(decode_image(image))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise TypeError(

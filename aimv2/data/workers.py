@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from .batches import BatchMaker, Made
+from .sample import UnreadableSourceError
 
 __all__ = [
     "DataWorkerError",
@@ -315,6 +316,8 @@ class ProcessRunner(_Runner):
         del self._jobs[ticket]
         if status == "error":
             raise DataWorkerError(payload)
+        if status == "raise":
+            raise payload
         return payload
 
     def _pump(self) -> None:
@@ -437,6 +440,8 @@ def _worker_main(
                 made = maker.run(job, views[slot] if views else None)
                 made.worker = index
                 reply: tuple[int, str, Any] = (ticket, "ok", made)
+            except UnreadableSourceError as err:  # about the data: the parent raises it as is
+                reply = (ticket, "raise", err)
             except Exception as err:
                 text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
                 reply = (

@@ -57,7 +57,7 @@ class PretrainConfig:
     data: str = field(
         default="builtin:digits",
         metadata={
-            "help": "builtin:digits, builtin:shapes, a caption folder, a .jsonl or .tar shards"
+            "help": "builtin:digits, builtin:shapes, a caption folder, a .jsonl, .tar shards, .parquet files or an Arrow / save_to_disk folder"
         },
     )
     backend: str = field(default="torch", metadata={"help": "torch or mlx"})
@@ -151,6 +151,13 @@ class PretrainConfig:
     )
     reduced_decode: bool = field(
         default=True, metadata={"help": "decode JPEGs at the reduced size the crop needs"}
+    )
+    allow_outside_paths: bool = field(
+        default=False,
+        metadata={
+            "help": "let a .jsonl manifest name images outside its folder (absolute paths, "
+            "../); off: such lines are skipped"
+        },
     )
 
     def __post_init__(self) -> None:

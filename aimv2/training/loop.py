@@ -151,6 +151,7 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
             seed=cfg.seed,
             image_column=cfg.image_column,
             caption_columns=cfg.caption_columns,
+            allow_outside=cfg.allow_outside_paths,
         )
     except (FileNotFoundError, ValueError, ImportError) as err:
         raise TrainingError(f"--data {cfg.data!r}: {err}") from None
