@@ -217,7 +217,7 @@ def test_add_bench_parser_wires_into_an_argparse_tree():
         ["bench", "aimv2-large-patch14-224", "--backend", "mlx"]
         + ["--mode", "all", "--compare", "--batch-size", "8"]
     )
-    got = (args.spec, args.backend, args.mode, args.compare, args.batch_size)
+    got = (args.spec, args.backend, args.modes, args.compare, args.batch_size)
     assert got == ("aimv2-large-patch14-224", "mlx", ["all"], True, 8)
     assert args.func is not None
 
@@ -546,3 +546,15 @@ def test_torch_inference_path_equals_the_autograd_path(qkv_bias):
     reference = aimv2.reference.forward(spec, weights, x.numpy().astype(np.float64))
     assert np.abs(fast - grad_path).max() <= FORWARD_TOL.bound(reference)
     assert np.abs(fast - reference).max() <= FORWARD_TOL.bound(reference)
+
+
+def test_the_data_mode_runs_on_a_source_of_decoded_images():
+    """``--mode data --data builtin:digits`` once failed in the per-image profile (it read
+    every image as a file)."""
+    from aimv2.bench.runner import run
+
+    report = run(
+        "aimv2-test-tiny", "torch", modes=["data"], data="builtin:digits", workers=[0], repeats=1
+    )
+    assert any("no per-image decode profile" in line for line in report.summary)
+    assert report.rows

@@ -4,24 +4,40 @@ Example:
     >>> import argparse
     >>> parser = argparse.ArgumentParser(prog="aimv2")
     >>> _ = add_bench_parser(parser.add_subparsers(dest="command"))
-    >>> parser.parse_args(["bench", "--mode", "all"]).mode
+    >>> parser.parse_args(["bench", "--mode", "all"]).modes
     ['all']
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
 from typing import Any
 
 from ..backend import BACKENDS, BackendUnavailable
+from ..flags import Flag, add_config_flags
 from .flops import MODES
+from .plan import Config
 from .runner import DEFAULT_SPEC, run
 from .worker import worker_main
 
-__all__ = ["add_bench_parser", "main"]
+__all__ = ["add_bench_parser", "main", "BENCH_FLAGS"]
+
+# Where a bench flag differs from its Config field (names users' scripts depend on);
+# every other field is a flag of its own name, type and default.
+BENCH_FLAGS = {
+    "backend": Flag(choices=BACKENDS),
+    "modes": Flag("--mode", repeat=True, choices=(*MODES, "all", "data")),
+    "workers": Flag(repeat=True),
+    "tune_alloc": Flag(
+        "--no-tune-alloc", invert=True, help="leave glibc's allocator as it is in torch processes"
+    ),
+    "image_hw": Flag(skip=True),  # from --image-size and the spec
+    "settle": Flag(skip=True),
+}
 
 
 def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -45,62 +61,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
         default=DEFAULT_SPEC,
         help=f"preset name, spec JSON file or inline JSON (default {DEFAULT_SPEC})",
     )
-    p.add_argument("--backend", default="torch", choices=list(BACKENDS))
-    p.add_argument("--device", help="torch: cpu, cuda, cuda:1, ...; mlx: cpu or gpu")
-    p.add_argument(
-        "--mode",
-        action="append",
-        choices=[*MODES, "all", "data"],
-        help="forward (default), backward, train or all (these three); data: the data "
-        "loader alone vs the backend's DataLoader; repeatable",
-    )
-    p.add_argument("--batch-size", type=int, default=4)
+    add_config_flags(p, Config, BENCH_FLAGS)
     p.add_argument("--image-size", type=int, help="for native-resolution encoders")
     p.add_argument("--decoder-depth", type=int, help="replace the spec's decoder depth")
-    p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
-    p.add_argument("--warmup", type=int, default=1, help="untimed calls per subject first")
-    p.add_argument(
-        "--compare",
-        action="store_true",
-        help="time the peers too (torch: transformers, timm; mlx: the torch "
-        "backend and MLX on its bundled reference BLAS)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["fp32", "bf16"],
-        default="fp32",
-        help="bf16: autocast on torch, bfloat16 weights on MLX",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile / mx.compile")
-    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing")
-    p.add_argument(
-        "--data",
-        default="builtin:shapes",
-        help="what feeds --mode train (a data source or 'synthetic') and --mode data (a "
-        "source, or 'photos[?n=500&size=640x480]': generated JPEG photos)",
-    )
-    p.add_argument("--tokenizer", help="SentencePiece model for a non-builtin --data")
-    p.add_argument(
-        "--workers",
-        type=int,
-        action="append",
-        help="data-loader worker processes (default 2); repeatable: --mode data times "
-        "each count, --mode train uses the last",
-    )
-    p.add_argument("--threads", type=int, help="torch intra-op threads")
-    p.add_argument("--matmul-size", type=int, default=2048)
-    p.add_argument(
-        "--reference-repeats",
-        type=int,
-        default=1,
-        help="rounds of MLX on the reference BLAS under --compare (0: none)",
-    )
-    p.add_argument(
-        "--no-tune-alloc",
-        action="store_true",
-        help="leave glibc's allocator as it is in torch processes",
-    )
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="also write the report as JSON to this file")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.set_defaults(func=_cmd_bench)
@@ -108,9 +71,9 @@ def add_bench_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    modes = args.mode or ["forward"]
-    if "all" in modes:
-        modes = list(MODES)
+    modes = [
+        m for given in args.modes or ["forward"] for m in (MODES if given == "all" else [given])
+    ]
     command = getattr(args, "command_line", None)
     if command is None:
         argv = sys.argv[sys.argv.index("bench") :] if "bench" in sys.argv else ["bench"]
@@ -120,29 +83,18 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"[bench] {line}", file=sys.stderr, flush=True)
 
+    settings = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(Config)
+        if hasattr(args, f.name) and not BENCH_FLAGS.get(f.name, Flag()).skip
+    }
+    settings.update(modes=modes, workers=args.workers or [2])
     try:
         report = run(
             args.spec,
-            args.backend,
-            modes=modes,
-            batch_size=args.batch_size,
-            repeats=args.repeats,
-            warmup=args.warmup,
-            compare=args.compare,
-            device=args.device,
-            precision=args.precision,
-            compile=args.compile,
-            checkpoint=args.checkpoint,
-            data=args.data,
-            tokenizer=args.tokenizer,
-            workers=args.workers or [2],
+            **settings,
             image_size=args.image_size,
             decoder_depth=args.decoder_depth,
-            threads=args.threads,
-            matmul_size=args.matmul_size,
-            reference_repeats=args.reference_repeats,
-            tune_alloc=not args.no_tune_alloc,
-            seed=args.seed,
             command=command,
             progress=say,
         )

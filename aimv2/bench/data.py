@@ -307,10 +307,15 @@ def run_data(
             s.stop()
     rows = _rows(ready, times, batch)
     summary = _summary(ready, times, workers, backend)
-    prof = profile(source, spec, seed=seed)
-    summary.append(
-        "data: per image on one core (ms): " + ", ".join(f"{k} {v:.2f}" for k, v in prof.items())
-    )
+    first = source._load_raw(0).image if len(source) else None
+    if isinstance(first, (bytes, str, os.PathLike)):
+        prof = profile(source, spec, seed=seed)
+        summary.append(
+            "data: per image on one core (ms): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in prof.items())
+        )
+    else:  # a source of decoded arrays (builtin:*): nothing to decode
+        summary.append(f"data: no per-image decode profile ({source.name} holds decoded images)")
     th, tw = spec.image_size
     return BenchReport(
         command=command or "aimv2.bench.data.run_data(...)",

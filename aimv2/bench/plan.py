@@ -41,26 +41,65 @@ class Config:
         ['forward']
     """
 
-    backend: str = "torch"
-    modes: list[str] = field(default_factory=lambda: ["forward"])
-    batch_size: int = 4
-    repeats: int = 5
-    warmup: int = 1
-    compare: bool = False
-    device: str | None = None
-    precision: str = "fp32"
-    compile: bool = False
-    checkpoint: bool = False
-    data: str = "builtin:shapes"
-    tokenizer: str | None = None
-    workers: int = 2
+    backend: str = field(default="torch", metadata={"help": "the backend timed"})
+    modes: list[str] = field(
+        default_factory=lambda: ["forward"],
+        metadata={
+            "help": "forward, backward, train or all (these three); data: the data loader "
+            "alone vs the backend's DataLoader"
+        },
+    )
+    batch_size: int = field(default=4, metadata={"help": "images per call"})
+    repeats: int = field(default=5, metadata={"help": "interleaved timed rounds"})
+    warmup: int = field(default=1, metadata={"help": "untimed calls per subject first"})
+    compare: bool = field(
+        default=False,
+        metadata={
+            "help": "time the peers too (torch: transformers, timm; mlx: the torch backend "
+            "and MLX on its bundled reference BLAS)"
+        },
+    )
+    device: str | None = field(
+        default=None, metadata={"help": "torch: cpu, cuda, cuda:1, ...; mlx: cpu or gpu"}
+    )
+    precision: str = field(
+        default="fp32",
+        metadata={
+            "help": "bf16: autocast on torch, bfloat16 weights on MLX",
+            "choices": ("fp32", "bf16"),
+        },
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile / mx.compile"})
+    checkpoint: bool = field(default=False, metadata={"help": "activation checkpointing"})
+    data: str = field(
+        default="builtin:shapes",
+        metadata={
+            "help": "what feeds --mode train (a data source or 'synthetic') and --mode data "
+            "(a source, or 'photos[?n=500&size=640x480]': generated JPEG photos)"
+        },
+    )
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "SentencePiece model for a non-builtin --data"}
+    )
+    workers: int = field(
+        default=2,
+        metadata={
+            "help": "data-loader worker processes (--mode data times each count given, "
+            "--mode train uses the last)"
+        },
+    )
     image_hw: tuple[int, int] | None = None
-    threads: int | None = None
-    matmul_size: int = 2048
-    reference_repeats: int = 1
-    tune_alloc: bool = True
+    threads: int | None = field(default=None, metadata={"help": "torch intra-op threads"})
+    matmul_size: int = field(default=2048, metadata={"help": "side of the roofline matmul"})
+    reference_repeats: int = field(
+        default=1,
+        metadata={"help": "rounds of MLX on the reference BLAS under --compare (0: none)"},
+    )
+    tune_alloc: bool = field(
+        default=True, metadata={"help": "tune glibc's allocator in torch processes"}
+    )
     settle: float = 0.2
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "weights and inputs"})
 
 
 def resolve_spec(spec: Any) -> S.EncoderSpec | S.ModelSpec:

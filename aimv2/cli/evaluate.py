@@ -21,11 +21,11 @@ import numpy as np
 from .. import atomic
 from ..backend import BACKENDS, backend_of, build
 from ..data import preprocess
+from ..flags import Flag, add_config_flags, config_from_args
 from ..probe import ProbeConfig, extract_features, probe_encoder
 from ..progress import Progress
 from ..quickstart import format_report, run
 from .common import load_encoder, load_spec
-from .flags import Flag, add_config_flags, config_from_args
 
 __all__ = ["add_parsers"]
 

@@ -21,11 +21,11 @@ from typing import Any
 from ..backend import BACKENDS
 from ..data import open_source
 from ..distributed import detect_launch
+from ..flags import Flag, add_config_flags, config_from_args
 from ..plot import plot_metrics
 from ..text import Tokenizer
 from ..training import PretrainConfig, TrainingError, pretrain
 from .common import load_spec
-from .flags import Flag, add_config_flags, config_from_args
 
 __all__ = ["add_parsers"]
 

@@ -48,7 +48,7 @@ class Flag:
     the flag's text; ``to_field``: turns the parsed value into the field's value, and
     ``shown``: the default the flag shows (with ``to_field``, the flag's own default);
     ``choices``, ``help``: override the field's metadata; ``repeat``: the flag may be
-    given several times, collecting a list (a tuple field; unset stays the default);
+    given several times, collecting a tuple (not given: the field's default);
     ``skip``: not a flag at all.
 
     Example:
@@ -144,15 +144,16 @@ def add_config_flags(
             )
             continue
         note = "" if shown is None and optional else f" (default: {shown})"
-        if flag.repeat:
-            parse = flag.type or str
-            help_text += " (repeatable)"
+        if flag.repeat:  # argparse appends to a default list: start from None instead
+            parse = flag.type or (kind if kind in (int, float, str) else str)
+            note = "" if shown is None else f" (default: {shown})"
+            help_text += "; repeatable"
         parser.add_argument(
             name,
             dest=f.name,
             type=parse,
             action="append" if flag.repeat else "store",
-            default=shown,
+            default=None if flag.repeat else shown,
             choices=list(choices) if choices else None,
             metavar=None if choices else metavar,
             help=(help_text + note).strip(),
@@ -183,7 +184,9 @@ def config_from_args(
         if f.name in values or not hasattr(args, f.name):
             continue
         value = getattr(args, f.name)
-        if flags.get(f.name, Flag()).repeat and isinstance(value, list):
+        if flags.get(f.name, Flag()).repeat:
+            if value is None:
+                continue  # not given: the field's default
             value = tuple(value)
         convert = flags.get(f.name, Flag()).to_field
         values[f.name] = convert(value) if convert is not None else value
