@@ -81,8 +81,10 @@ class Communicator(Protocol):
         """Leave the group (where the framework allows)."""
         ...
 
-    def record_failure(self, err: BaseException) -> None:
-        """Report ``err`` to the launcher's failure summary (where it has one)."""
+    def record_failure(self, err: BaseException, *, secondary: bool = False) -> None:
+        """Report ``err`` to the launcher's failure summary (where it has one);
+        ``secondary``: this rank failed because another one did (it must not be named
+        the root cause)."""
         ...
 
 

@@ -318,8 +318,9 @@ class World:
             self.comm.close()
             self.comm = None
 
-    def record_failure(self, err: BaseException) -> None:
-        """Hand ``err`` to the launcher's error reporting (torchrun's error file).
+    def record_failure(self, err: BaseException, *, secondary: bool = False) -> None:
+        """Hand ``err`` to the launcher's error reporting (torchrun's error file);
+        ``secondary``: this rank stopped because another rank failed first.
 
         Example:
             >>> w = World()
@@ -328,7 +329,7 @@ class World:
             True
         """
         if self.comm is not None and hasattr(self.comm, "record_failure"):
-            self.comm.record_failure(err)
+            self.comm.record_failure(err, secondary=secondary)
 
 
 def init_world(

@@ -674,22 +674,23 @@ class TrainingReport:
 
 
 def check_training(workdir: Path, steps: int = 20, more: int = 10) -> TrainingReport:
-    """Pre-train :func:`custom_model_spec` for ``steps`` on torch and on MLX (same seed,
-    ``builtin:digits``) and compare the loss trajectories; reload the torch run's last
+    """Pre-train :func:`custom_model_spec` for ``steps`` of a ``steps + more`` schedule on
+    torch and on MLX (same seed, ``builtin:digits``) and compare the loss trajectories; reload the torch run's last
     checkpoint and resume it on MLX for ``more`` steps; compare those steps with the MLX
     run continued the same way (a same-backend resume reproduces an uninterrupted run).
     """
     t0 = time.perf_counter()
     torch_run, mlx_run, resumed = workdir / "torch", workdir / "mlx", workdir / "torch-then-mlx"
-    pretrain(train_config(torch_run, "torch", steps))
-    pretrain(train_config(mlx_run, "mlx", steps))
+    total = steps + more  # planned for the whole run, stopped early, resumed with the same flags
+    pretrain(train_config(torch_run, "torch", total, stop_after=steps))
+    pretrain(train_config(mlx_run, "mlx", total, stop_after=steps))
     a, b = read_losses(torch_run), read_losses(mlx_run)
     gap, rel = trajectory_gap(a, b, range(1, steps + 1))
 
     ck = checkpoint.load(checkpoint.latest(torch_run))
     shutil.copytree(torch_run, resumed)
-    pretrain(train_config(resumed, "mlx", steps + more, resume=True))
-    pretrain(train_config(mlx_run, "mlx", steps + more, resume=True))
+    pretrain(train_config(resumed, "mlx", total, resume=True))
+    pretrain(train_config(mlx_run, "mlx", total, resume=True))
     c, d = read_losses(resumed), read_losses(mlx_run)
     first = min((s for s in c if s > ck.step), default=-1)
     rgap, rrel = trajectory_gap(d, c, range(steps + 1, steps + more + 1))

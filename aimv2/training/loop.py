@@ -112,7 +112,7 @@ def pretrain(cfg: PretrainConfig) -> dict[str, Any]:
             f"stopped or stopped answering first — its own error is printed by it and in "
             f"the launcher's summary"
         )
-        world.record_failure(failure)
+        world.record_failure(failure, secondary=True)
         raise failure from err
     world.close()
     return result

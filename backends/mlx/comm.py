@@ -73,7 +73,7 @@ class MLXComm:
     def close(self) -> None:
         """Nothing to release: MLX keeps its group for the life of the process."""
 
-    def record_failure(self, err: BaseException) -> None:
+    def record_failure(self, err: BaseException, *, secondary: bool = False) -> None:
         """Nothing to record: ``mlx.launch`` has no failure file; the error is printed."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -88,13 +89,22 @@ class TorchComm:
         if dist.is_initialized():
             dist.destroy_process_group()
 
-    def record_failure(self, err: BaseException) -> None:
-        """Write ``err`` to torchrun's error file, so its failure summary shows it."""
-        if os.environ.get("TORCHELASTIC_ERROR_FILE"):
-            try:
-                ErrorHandler().record_exception(err)
-            except Exception:  # noqa: BLE001 - reporting must never mask the error
-                pass
+    def record_failure(self, err: BaseException, *, secondary: bool = False) -> None:
+        """Write ``err`` to torchrun's error file, so its failure summary shows it.
+
+        torchrun names as root cause the error with the smallest timestamp, in whole
+        seconds, ties going to the lowest rank; a ``secondary`` failure (this rank lost a
+        peer that failed first) is written in the next second so that the peer's own error
+        is the one named.
+        """
+        if not os.environ.get("TORCHELASTIC_ERROR_FILE"):
+            return
+        if secondary:
+            time.sleep(1.0 - time.time() % 1.0 + 0.01)
+        try:
+            ErrorHandler().record_exception(err)
+        except Exception:  # noqa: BLE001 - reporting must never mask the error
+            pass
 
 
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
