@@ -412,11 +412,14 @@ def test_repeated_sigkills_with_a_checkpoint_every_step_end_at_the_same_final_lo
 
     from aimv2.cli import main
 
+    # enough steps that ten lives (each a checkpoint and at most 30 ms more) never finish
+    # the run, however fast the machine
+    STEPS = 64  # noqa: N806
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["aimv2.cli", "torch"])
 
     def run(out, resume):
-        argv = ["pretrain", "--out", str(out), "--preset", TINY, "--steps", "16"]
+        argv = ["pretrain", "--out", str(out), "--preset", TINY, "--steps", str(STEPS)]
         argv += ["--batch-size", "4", "--save-every", "1", "--keep", "2", "--quiet"]
         argv += ["--workers", "0", "--log-every", "1"] + (["--resume"] if resume else [])
         proc = ctx.Process(target=main, args=(argv,))
@@ -435,7 +438,7 @@ def test_repeated_sigkills_with_a_checkpoint_every_step_end_at_the_same_final_lo
 
     def final_loss(out):
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        return [r["loss"] for r in rows if r["step"] == 16][-1]
+        return [r["loss"] for r in rows if r["step"] == STEPS][-1]
 
     ref = run(tmp_path / "ref", False)
     ref.join()
@@ -448,7 +451,7 @@ def test_repeated_sigkills_with_a_checkpoint_every_step_end_at_the_same_final_lo
         deadline = time.monotonic() + 120
         while proc.is_alive() and newest(out) <= seen and time.monotonic() < deadline:
             time.sleep(0.002)
-        time.sleep(float(rng.uniform(0.0, 0.05)))
+        time.sleep(float(rng.uniform(0.0, 0.03)))
         if not proc.is_alive():
             break  # the run finished first; it is checked below all the same
         proc.kill()  # SIGKILL
@@ -461,4 +464,4 @@ def test_repeated_sigkills_with_a_checkpoint_every_step_end_at_the_same_final_lo
     same_as_first_seen(out)
     assert final_loss(out) == final_loss(tmp_path / "ref")
     assert not [p for p in out.iterdir() if p.name.startswith(".ckpt")]
-    assert [checkpoint.verify(ck)["step"] for ck in checkpoint.complete(out)] == [15, 16]
+    assert [checkpoint.verify(ck)["step"] for ck in checkpoint.complete(out)] == [STEPS - 1, STEPS]
