@@ -67,6 +67,7 @@ SUBMODULES = (
     "distributed",
     "formats",
     "inputs",
+    "lora",
     "optim",
     "plot",
     "probe",
@@ -74,6 +75,7 @@ SUBMODULES = (
     "quickstart",
     "reference",
     "registry",
+    "resize",
     "tensorfiles",
     "testing",
     "text",
@@ -88,6 +90,9 @@ _LAZY = {
     "from_pretrained": "formats",
     "save_pretrained": "formats",
     "preprocess": "data",
+    "extract_features": "probe",
+    "resize_encoder": "resize",
+    "merge_lora": "lora",
 }
 
 __all__ = [

@@ -248,6 +248,11 @@ class Backend(Protocol):
         """Cross-entropy and accuracy of a probe on ``features`` and ``labels``."""
         ...
 
+    def classifier_loss(self, label_smoothing: float = 0.0) -> LossFn:
+        """The fine-tuning :data:`LossFn`: label-smoothed cross-entropy and accuracy of an
+        encoder's head output ``model(images, pool=True)`` on ``images`` and ``labels``."""
+        ...
+
 
 def members(protocol: type) -> list[str]:
     """The names a class satisfying ``protocol`` must offer (attributes and methods).

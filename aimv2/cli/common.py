@@ -13,6 +13,7 @@ from typing import Any
 from .. import checkpoint, presets, specs
 from ..backend import build
 from ..formats import from_pretrained
+from ..resize import resize_encoder
 
 __all__ = ["load_spec", "load_encoder"]
 
@@ -33,9 +34,10 @@ def load_spec(text: str) -> specs.Spec:
         raise SystemExit(f"aimv2: {err}") from None
 
 
-def load_encoder(path: str, backend: str) -> Any:
+def load_encoder(path: str, backend: str, image_size: Any = None) -> Any:
     """An encoder module from a checkpoint directory, a run directory (its newest
-    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads.
+    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads; with
+    ``image_size``, resized to it (:func:`aimv2.resize_encoder`).
 
     Example:
         >>> load_encoder("/nonexistent", "torch")
@@ -50,10 +52,12 @@ def load_encoder(path: str, backend: str) -> Any:
     if ck_dir is not None and (Path(ck_dir) / "state.json").exists():
         try:
             spec, weights = checkpoint.encoder_of(checkpoint.load(ck_dir, optimizer=False))
-        except checkpoint.CheckpointError as err:
+            if image_size is not None:
+                spec, weights = resize_encoder(spec, weights, image_size)
+        except (checkpoint.CheckpointError, ValueError, TypeError) as err:
             raise SystemExit(f"aimv2: {err}") from None
         return build(spec, backend, weights=weights)
     try:
-        return from_pretrained(path, backend=backend)
-    except (ValueError, KeyError, FileNotFoundError) as err:
+        return from_pretrained(path, backend=backend, image_size=image_size)
+    except (ValueError, KeyError, FileNotFoundError, TypeError) as err:
         raise SystemExit(f"aimv2: --checkpoint {path!r}: {err}") from None
