@@ -65,6 +65,7 @@ SUBMODULES = (
     "contract",
     "data",
     "distributed",
+    "finetune",
     "formats",
     "inputs",
     "lora",

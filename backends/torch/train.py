@@ -227,8 +227,11 @@ class Trainer:
                     objective = sum(
                         self._term_weight[t] * float(weights[i][t]) * out[t] for t in TERMS
                     )
-                if self.world_size > 1:
-                    objective = objective * self.world_size  # DDP/FSDP average over ranks
+                if self.world_size > 1 and weights is not None:
+                    # each rank's weighted terms are its share of the global sum, which
+                    # DDP/FSDP's average over ranks would divide by K; a plain mean loss
+                    # per rank is meant to be averaged
+                    objective = objective * self.world_size
                 objective.backward()
             if weights is None:
                 keys = list(out)
