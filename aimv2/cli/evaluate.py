@@ -23,7 +23,7 @@ from ..backend import BACKENDS, build
 from ..data import preprocess
 from ..probe import POOLS, ProbeConfig, check_extract_options, extract_features, probe_encoder
 from ..progress import Progress
-from ..quickstart import format_report, run
+from ..quickstart import FINETUNE_EPOCHS, format_report, run
 from .common import load_encoder, load_spec
 from .flags import Flag, add_config_flags, config_from_args
 
@@ -126,6 +126,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         seed=args.seed,
         probe_epochs=args.probe_epochs,
         progress=not args.quiet,
+        finetune_epochs=args.finetune_epochs,
     )
     print(format_report(report))
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -147,6 +148,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe-epochs", type=int, default=100)
+    p.add_argument(
+        "--finetune-epochs",
+        type=float,
+        default=FINETUNE_EPOCHS,
+        help=f"epochs of each fine-tuning run (0: none; default {FINETUNE_EPOCHS:g})",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_quickstart)
 

@@ -132,15 +132,18 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
     model = build(spec, cfg.backend, weights=weights)
     if not world.distributed:
         model = be.cast(model, device=cfg.device or be.default_device())
-    trainer = be.Trainer(
-        model,
-        optim,
-        compile=cfg.compile,
-        autocast=cfg.autocast,
-        loss_fn=be.classifier_loss(cfg.label_smoothing),
-        world=world if world.distributed else None,
-        shard=cfg.shard,
-    )
+    try:
+        trainer = be.Trainer(
+            model,
+            optim,
+            compile=cfg.compile,
+            autocast=cfg.autocast,
+            loss_fn=be.classifier_loss(cfg.label_smoothing),
+            world=world if world.distributed else None,
+            shard=cfg.shard,
+        )
+    except ValueError as err:  # e.g. autocast on MLX
+        raise FinetuneError(str(err)) from None
     if ck is not None and ck.optimizer is not None:
         trainer.load_state_arrays(ck.optimizer, ck.state.get("optimizer_step", ck.step))
     end = steps if cfg.stop_after is None else min(steps, cfg.stop_after)
