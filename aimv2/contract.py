@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .optim import OptimConfig
+from .optim import OptimConfig, ParamGroup
 from .specs import Spec
 
 __all__ = [
@@ -101,7 +101,8 @@ class Trainer(Protocol):
     model: Any
     cfg: OptimConfig
     step_count: int
-    names: list[str]
+    names: list[str]  # the trained parameters (those with optimizer state), in model order
+    groups: list[ParamGroup]  # the optimizer's groups, from aimv2.optim.param_groups
 
     def step(
         self,

@@ -264,7 +264,7 @@ def test_a_non_finite_loss_stops_with_the_last_good_checkpoint(tmp_path, backend
         (dict(checkpoint="x"), r"give exactly one of checkpoint"),
         (dict(freeze_blocks=3), r"freeze_blocks=3 \(--freeze-blocks\): the encoder has 2 blocks"),
         (dict(lora_rank=2, freeze_blocks=1), r"LoRA already freezes the whole encoder"),
-        (dict(num_classes=3), r"labels must lie in 0..2 \(num_classes=3\)"),
+        (dict(num_classes=3), r"labels: expected class ids in 0..2 \(the head has 3 outputs\)"),
         (dict(data="builtin:nothing"), r"builtin"),
         (dict(image_size=30), r"image_size: .*divisible by the patch size 4"),
         (dict(batch_size=0), r"batch_size=0 \(--batch-size\): expected >= 1"),

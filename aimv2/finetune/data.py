@@ -42,7 +42,13 @@ class Part(IndexedSource):
         return self.source[self.indices[index]]
 
     def key(self, index: int) -> str:
-        """The key of the sample in the source."""
+        """The key of the sample in the source.
+
+        Example:
+            >>> part = Part(open_source("builtin:digits", split="all"), [7], "one")
+            >>> part.key(0) == part.source.key(7)
+            True
+        """
         return self.source.key(self.indices[index])
 
 

@@ -29,6 +29,7 @@ from .. import specs as S
 from ..backend import build, load_backend
 from ..data import IndexedSource, Loader
 from ..formats import save_pretrained
+from ..inputs import check_classifier_batch
 from ..lora import has_lora, merge_lora
 from ..optim import lr_at
 from ..progress import OWN_ETA_FORMAT, Progress
@@ -195,7 +196,10 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
                 }
                 for c in chunks
             ]
-            _check_labels(batch["labels"], classes)
+            try:
+                check_classifier_batch(spec, batch)
+            except ValueError as err:
+                raise FinetuneError(f"data: {err}") from None
             lr = lr_at(optim, step)
             try:
                 losses = trainer.step(parts, lr)
@@ -237,14 +241,6 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
     if step < steps:
         return result
     return {**result, **_finish(cfg, spec, trainer, world, out, train_src, heldout_src, step)}
-
-
-def _check_labels(labels: Any, classes: int) -> None:
-    lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= classes:
-        raise FinetuneError(
-            f"data: labels must lie in 0..{classes - 1} (num_classes={classes}), got {lo}..{hi}"
-        )
 
 
 def _save(

@@ -62,7 +62,14 @@ class ResampledPositionEmbedding(nn.Module):
         return x + self.table(self.spec.grid if grid is None else grid).astype(x.dtype)
 
     def table(self, grid: tuple[int, int]) -> mx.array:
-        """The table resampled to ``grid`` (1, rows·cols, width)."""
+        """The table resampled to ``grid`` (1, rows·cols, width).
+
+        Example:
+            >>> import aimv2
+            >>> m = aimv2.build(S.ResampledPosEmbedSpec(width=4, grid=(2, 2)), "mlx")
+            >>> tuple(m.table((3, 5)).shape)
+            (1, 15, 4)
+        """
         (r0, c0), (r1, c1) = self.spec.grid, tuple(grid)
         if (r0, c0) == (r1, c1):
             return self.pos_embed

@@ -129,6 +129,15 @@ class Encoder(nn.Module):
         final norm to each; ``output`` ``"NLC"`` or ``"NCHW"`` (B, D, rows, cols);
         ``stop_early`` runs no block after the last one asked for (the final features are
         then the final norm of that block's output, as in timm).
+
+        Example:
+            >>> import aimv2
+            >>> spec = aimv2.encoder_spec(width=32, depth=3, heads=2, patch_size=4,
+            ...                           image_size=8, mlp_hidden=64)
+            >>> _, maps = aimv2.build(spec, "mlx").forward_intermediates(
+            ...     mx.zeros((1, 3, 8, 8)), indices=[-1], output="NCHW")
+            >>> [m.shape for m in maps]
+            [(1, 32, 2, 2)]
         """
         take = intermediate_indices(self.spec.depth, indices)
         layout = check_layout(output)

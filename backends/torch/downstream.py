@@ -54,7 +54,14 @@ class ResampledPositionEmbedding(nn.Module):
         return x + self.table(self.spec.grid if grid is None else grid).to(x.dtype)
 
     def table(self, grid: tuple[int, int]) -> torch.Tensor:
-        """The table resampled to ``grid`` (1, rows·cols, width)."""
+        """The table resampled to ``grid`` (1, rows·cols, width).
+
+        Example:
+            >>> import aimv2
+            >>> m = aimv2.build(S.ResampledPosEmbedSpec(width=4, grid=(2, 2)), "torch")
+            >>> tuple(m.table((3, 5)).shape)
+            (1, 15, 4)
+        """
         rows, cols = self.spec.grid
         if tuple(grid) == (rows, cols):
             return self.pos_embed
