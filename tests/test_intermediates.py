@@ -219,3 +219,26 @@ def test_extract_command_blocks_pool_and_layout(tmp_path, capsys):
     assert "block 9 is outside the 4 blocks" in capsys.readouterr().err
     assert main([*base, "--out", str(out), "--pool", "attn"]) == 2
     assert "needs an encoder with an attention-pooling head" in capsys.readouterr().err
+
+
+def test_a_probe_reads_the_mean_of_the_last_blocks(backend):
+    from aimv2.data import open_source
+    from aimv2.probe import source_features
+
+    spec = aimv2.encoder_spec(width=16, depth=3, heads=2, patch_size=4, image_size=8,
+                              mlp_hidden=32)  # fmt: skip
+    w = testing.random_weights(spec, 4)
+    model = aimv2.build(spec, backend, weights=w)
+    src = open_source("builtin:digits", split="heldout")
+    last, labels = source_features(model, src, split="heldout", blocks=1, batch_size=128)
+    mean2, _ = source_features(model, src, split="heldout", blocks=2, batch_size=128)
+    images = np.concatenate(
+        [
+            b["images"]
+            for b in aimv2.data.Loader(src, spec, None, 128, seed=0, train=False, num_workers=0)
+        ]  # fmt: skip
+    )
+    _, blocks = reference.forward_intermediates(spec, w, images[:16], indices=2)
+    testing.assert_close(mean2[:16], np.mean(blocks, axis=0), what="mean of the last 2 blocks")
+    testing.assert_close(last[:16], reference.forward(spec, w, images[:16]), what="last block")
+    assert len(labels) == 359
