@@ -65,8 +65,10 @@ SUBMODULES = (
     "contract",
     "data",
     "distributed",
+    "finetune",
     "formats",
     "inputs",
+    "lora",
     "optim",
     "plot",
     "probe",
@@ -74,6 +76,7 @@ SUBMODULES = (
     "quickstart",
     "reference",
     "registry",
+    "resize",
     "tensorfiles",
     "testing",
     "text",
@@ -88,6 +91,9 @@ _LAZY = {
     "from_pretrained": "formats",
     "save_pretrained": "formats",
     "preprocess": "data",
+    "extract_features": "probe",
+    "resize_encoder": "resize",
+    "merge_lora": "lora",
 }
 
 __all__ = [

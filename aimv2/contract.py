@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .optim import OptimConfig
+from .optim import OptimConfig, ParamGroup
 from .specs import Spec
 
 __all__ = [
@@ -103,7 +103,8 @@ class Trainer(Protocol):
     model: Any
     cfg: OptimConfig
     step_count: int
-    names: list[str]
+    names: list[str]  # the trained parameters (those with optimizer state), in model order
+    groups: list[ParamGroup]  # the optimizer's groups, from aimv2.optim.param_groups
 
     def step(
         self,
@@ -251,6 +252,11 @@ class Backend(Protocol):
 
     def probe_loss(self, model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Cross-entropy and accuracy of a probe on ``features`` and ``labels``."""
+        ...
+
+    def classifier_loss(self, label_smoothing: float = 0.0) -> LossFn:
+        """The fine-tuning :data:`LossFn`: label-smoothed cross-entropy and accuracy of an
+        encoder's head output ``model(images, pool=True)`` on ``images`` and ``labels``."""
         ...
 
 

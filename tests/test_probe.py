@@ -148,11 +148,20 @@ def test_quickstart_writes_a_report(tmp_path, backend):
     from aimv2 import quickstart
 
     r = quickstart.run(
-        str(tmp_path), backend=backend, steps=4, batch_size=8, probe_epochs=1, progress=False
+        str(tmp_path),
+        backend=backend,
+        steps=4,
+        batch_size=8,
+        probe_epochs=1,
+        progress=False,
+        finetune_epochs=0.05,
     )
     text = (tmp_path / "report.md").read_text()
     assert "AIMv2 pre-trained" in text and "raw pixels" in text and "random init" in text
     data = json.loads((tmp_path / "report.json").read_text())
     assert set(data["probes"]) == {"pretrained", "random_init", "raw_pixels"}
+    assert set(data["finetune"]) == {"pretrained", "random_init"}
+    assert "Fine-tuned end to end" in text
+    assert (tmp_path / "finetune-pretrained" / "finetune.json").is_file()
     assert (tmp_path / "loss.png").exists()
     assert r["heldout_caption_loss"] is not None

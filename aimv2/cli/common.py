@@ -15,6 +15,7 @@ from ..backend import BackendUnavailable, build
 from ..distributed import DistributedError
 from ..formats import from_pretrained
 from ..presets import load_spec
+from ..resize import resize_encoder
 from ..specs import RealizationError
 from ..training import TrainingError
 
@@ -49,9 +50,10 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def load_encoder(path: str, backend: str) -> Any:
+def load_encoder(path: str, backend: str, image_size: Any = None) -> Any:
     """An encoder module from a checkpoint directory, a run directory (its newest
-    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads; errors name
+    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads; with
+    ``image_size``, resized to it (:func:`aimv2.resize_encoder`); errors name
     ``--checkpoint``.
 
     Example:
@@ -66,8 +68,13 @@ def load_encoder(path: str, backend: str) -> Any:
     ck_dir = checkpoint.latest(p) if p.is_dir() and not (p / "state.json").exists() else p
     if ck_dir is not None and (Path(ck_dir) / "state.json").exists():
         spec, weights = checkpoint.encoder_of(checkpoint.load(ck_dir, optimizer=False))
+        if image_size is not None:
+            try:
+                spec, weights = resize_encoder(spec, weights, image_size)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"--image-size {image_size!r}: {one_line(err)}") from None
         return build(spec, backend, weights=weights)
     try:
-        return from_pretrained(path, backend=backend)
-    except (ValueError, KeyError) as err:
+        return from_pretrained(path, backend=backend, image_size=image_size)
+    except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--checkpoint {path!r}: {one_line(err)}") from None

@@ -14,6 +14,7 @@ parameters (``parameters()``), and round-trips through plain dicts (``to_dict`` 
   block, trunk, attention pooling, probe.
 - :mod:`aimv2.specs.encoder`: preprocessing and the vision encoder.
 - :mod:`aimv2.specs.model`: decoder, prefix, objectives, init and the whole model.
+- :mod:`aimv2.specs.downstream`: resampled positions, LoRA adapters, a mean-pool head.
 
 Example:
     >>> from aimv2 import specs
@@ -41,6 +42,13 @@ from .base import (
     positive_int,
     require,
     walk,
+)
+from .downstream import (
+    LORA_SPECS,
+    LoRAAttentionSpec,
+    LoRAFeedForwardSpec,
+    MeanPoolSpec,
+    ResampledPosEmbedSpec,
 )
 from .encoder import (
     CLIP_MEAN,
@@ -98,6 +106,11 @@ __all__ = [
     "PixelObjectiveSpec",
     "TextObjectiveSpec",
     "ModelSpec",
+    "ResampledPosEmbedSpec",
+    "LoRAAttentionSpec",
+    "LoRAFeedForwardSpec",
+    "LORA_SPECS",
+    "MeanPoolSpec",
     "KINDS",
     "CONFIG_KINDS",
     "CLIP_MEAN",

@@ -29,12 +29,15 @@ from aimv2.inputs import check_pretrain_batch
 from aimv2.optim import (
     TERMS,
     OptimConfig,
+    ParamGroup,
     check_finite,
     check_moments,
     check_update_weights,
     decay_mask,
+    frozen_names,
     moment_names,
     objective_weights,
+    param_groups,
     resolve_compile,
 )
 
@@ -104,6 +107,9 @@ class Trainer:
     learning rate is an input, so changing it does not recompile. MLX has no autocast
     (``autocast`` must be None) and holds whole replicas (``shard`` must be ``"none"``).
     Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
+    Parameters with an ``lr_scales`` entry of 0 are frozen (no gradient, no state);
+    the others form the groups of :func:`aimv2.optim.param_groups` (``groups``), each
+    updated at ``lr · scale``.
 
     With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under
     ``mlx.launch``) every rank holds the whole model; after the local micro-batches the
@@ -139,9 +145,14 @@ class Trainer:
         self.world = world if world is not None and world.size > 1 else None
         self.world_size = 1 if self.world is None else self.world.size
         self.rank = 0 if self.world is None else self.world.rank
+        every = [n for n, _ in tree_flatten(model.parameters())]
+        _freeze(model, frozen_names(every, cfg))
         flat = tree_flatten(model.trainable_parameters())
         self.names = [n for n, _ in flat]
-        self.optimizer = _adamw(cfg, decay_mask(model.spec))
+        if not self.names:
+            raise ValueError("OptimConfig.lr_scales: every parameter is frozen (scale 0)")
+        self.groups = param_groups(every, decay_mask(model.spec), cfg)
+        self.optimizer = _adamw(cfg, self.groups)
         self.optimizer.init(model.trainable_parameters())
         self.step_count = 0
         self.state = [model.state, self.optimizer.state]
@@ -187,7 +198,8 @@ class Trainer:
         tree = tree_unflatten(list(zip(self.names, grads, strict=True)))
         if self.cfg.clip_norm is not None:
             tree, _ = optim.clip_grad_norm(tree, self.cfg.clip_norm)
-        self.optimizer.learning_rate = lr
+        for sub, group in zip(self.optimizer.optimizers, self.groups, strict=True):
+            sub.learning_rate = lr * group.scale
         self.optimizer.update(self.model, tree)
 
     def step(
@@ -323,28 +335,51 @@ class Trainer:
         return {n: slots[n] for n in self.names}
 
 
-def _adamw(cfg: OptimConfig, decay: Mapping[str, bool]) -> optim.MultiOptimizer:
-    """``mlx.optimizers.AdamW`` with bias correction, in two groups: with decay on the
-    weights of ``decay`` and without on the rest (MLX's AdamW alone decays everything).
-    The paper's fully decoupled decay ``p·(1 − wd·lr/peak_lr)`` is MLX's ``p·(1 − lr·wd')``
-    with ``wd' = wd / peak_lr``; ``decay_mode="torch"`` uses ``wd`` as given.
+def _freeze(model: nn.Module, names: Sequence[str]) -> None:
+    """Make exactly the parameters ``names`` (canonical, dotted) untrainable.
 
     Example:
-        >>> opt = _adamw(OptimConfig(lr=1e-3, weight_decay=0.1), {"w": True})
+        >>> m = nn.Sequential(nn.Linear(2, 2))
+        >>> _freeze(m, ["layers.0.bias"]); sorted(n for n, _ in tree_flatten(
+        ...     m.trainable_parameters()))
+        ['layers.0.weight']
+    """
+    model.unfreeze()
+    for name in names:
+        *path, key = name.split(".")
+        owner: Any = model
+        for part in path:
+            owner = owner[int(part)] if isinstance(owner, list) else owner[part]
+        owner.freeze(recurse=False, keys=[key])
+
+
+def _adamw(cfg: OptimConfig, groups: Sequence[ParamGroup]) -> optim.MultiOptimizer:
+    """``mlx.optimizers.AdamW`` with bias correction, one per
+    :class:`aimv2.optim.ParamGroup` (its learning rate is set to ``lr · scale`` at every
+    update), decaying only the groups with ``decay`` (MLX's AdamW alone decays
+    everything). The paper's fully decoupled decay ``p·(1 − wd·lr/peak_lr)`` is MLX's
+    ``p·(1 − lr·wd')`` with ``wd' = wd / peak_lr``; ``decay_mode="torch"`` uses ``wd`` as
+    given.
+
+    Example:
+        >>> cfg = OptimConfig(lr=1e-3, weight_decay=0.1)
+        >>> opt = _adamw(cfg, param_groups(["w", "b"], {"w": True, "b": False}, cfg))
         >>> [round(o.weight_decay, 6) for o in opt.optimizers]
         [100.0, 0.0]
     """
     wd = cfg.weight_decay / cfg.lr if cfg.decay_mode == "decoupled" else cfg.weight_decay
 
-    def adamw(weight_decay: float) -> optim.AdamW:
+    def adamw(group: ParamGroup) -> optim.AdamW:
         return optim.AdamW(
-            learning_rate=cfg.lr,
+            learning_rate=cfg.lr * group.scale,
             betas=list(cfg.betas),
             eps=cfg.eps,
-            weight_decay=weight_decay,
+            weight_decay=wd if group.decay else 0.0,
             bias_correction=True,
         )
 
-    return optim.MultiOptimizer(
-        [adamw(wd), adamw(0.0)], [lambda path, _: bool(decay.get(path, False))]
-    )
+    def member(names: frozenset[str]) -> Callable[[str, Any], bool]:
+        return lambda path, _: path in names
+
+    filters = [member(frozenset(g.names)) for g in groups[:-1]]
+    return optim.MultiOptimizer([adamw(g) for g in groups], filters)

@@ -30,6 +30,7 @@ from . import layers as _layers  # noqa: F401 - registers the built-in layers
 from . import models as _models  # noqa: F401 - registers the encoder, decoder and model
 from .arrays import from_numpy, native_device, native_dtype, to_model, to_numpy
 from .comm import init_distributed
+from .downstream import classifier_loss
 from .registry import REGISTRY, build_module, build_part, is_module, realizes
 from .runtime import (
     default_device,
@@ -48,6 +49,7 @@ __all__ = [
     "build_module",
     "build_part",
     "cast",
+    "classifier_loss",
     "default_device",
     "from_numpy",
     "get_weight",

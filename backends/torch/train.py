@@ -31,12 +31,15 @@ from aimv2.inputs import check_pretrain_batch
 from aimv2.optim import (
     TERMS,
     OptimConfig,
+    ParamGroup,
     check_finite,
     check_moments,
     check_update_weights,
     decay_mask,
+    frozen_names,
     moment_names,
     objective_weights,
+    param_groups,
     resolve_compile,
 )
 
@@ -88,6 +91,9 @@ class Trainer:
     default on every backend, compiles where that is cheap: not here); ``autocast``
     (``"bf16"``) runs matmuls in bfloat16 while parameters and optimizer state stay
     float32. Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
+    Parameters with an ``lr_scales`` entry of 0 are frozen (no gradient, no state);
+    the others form the groups of :func:`aimv2.optim.param_groups` (``groups``), each
+    updated at ``lr · scale``.
 
     With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under torchrun)
     the model is wrapped once, here: ``shard="none"`` in DistributedDataParallel (every
@@ -120,6 +126,9 @@ class Trainer:
         self.sharded = self.world is not None and shard == "full"
         self._ddp: Any = None
         wrapped: Any = model
+        frozen = set(frozen_names([n for n, _ in model.named_parameters()], cfg))
+        for name, p in model.named_parameters():  # before wrapping: DDP reads requires_grad
+            p.requires_grad_(name not in frozen)
         if self.world is not None:
             comm = self.world.comm
             if self.sharded:
@@ -140,12 +149,16 @@ class Trainer:
                 model.to(comm.device)
                 ids = [comm.device.index] if comm.device.type == "cuda" else None
                 self._ddp = wrapped = DistributedDataParallel(model, device_ids=ids)
-        named = list(model.named_parameters())
+        self._all = list(model.named_parameters())
+        named = [(n, p) for n, p in self._all if n not in frozen]
+        if not named:
+            raise ValueError("OptimConfig.lr_scales: every parameter is frozen (scale 0)")
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.step_count = 0
         self.device = self.params[0].device
-        self.optimizer = _adamw(cfg, named, decay_mask(model.spec), self.device)
+        self.groups = param_groups([n for n, _ in self._all], decay_mask(model.spec), cfg)
+        self.optimizer = _adamw(cfg, named, self.groups, self.device)
         self.forward = torch.compile(wrapped) if resolve_compile(compile, cheap=False) else wrapped
         if autocast not in (None, "bf16"):
             raise ValueError(f"autocast={autocast!r}: expected None or 'bf16'")
@@ -214,8 +227,11 @@ class Trainer:
                     objective = sum(
                         self._term_weight[t] * float(weights[i][t]) * out[t] for t in TERMS
                     )
-                if self.world_size > 1:
-                    objective = objective * self.world_size  # DDP/FSDP average over ranks
+                if self.world_size > 1 and weights is not None:
+                    # each rank's weighted terms are its share of the global sum, which
+                    # DDP/FSDP's average over ranks would divide by K; a plain mean loss
+                    # per rank is meant to be averaged
+                    objective = objective * self.world_size
                 objective.backward()
             if weights is None:
                 keys = list(out)
@@ -248,7 +264,7 @@ class Trainer:
             self.model.zero_grad(set_to_none=True)
             check_finite(losses, self.step_count + 1)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.optimizer.step()
         self.step_count += 1
         self.model.zero_grad(set_to_none=True)
@@ -289,7 +305,7 @@ class Trainer:
             >>> t.weight_arrays()["decoder.start_token"].shape
             (1, 1, 32)
         """
-        return self._gather(self.params, self.names, root_only)
+        return self._gather([p for _, p in self._all], [n for n, _ in self._all], root_only)
 
     def state_arrays(self, *, root_only: bool = False) -> dict[str, np.ndarray]:
         """Optimizer moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` NumPy arrays.
@@ -347,27 +363,35 @@ class Trainer:
 def _adamw(
     cfg: OptimConfig,
     named: Sequence[tuple[str, torch.nn.Parameter]],
-    decay: Mapping[str, bool],
+    groups: Sequence[ParamGroup],
     device: torch.device,
 ) -> torch.optim.AdamW:
-    """``torch.optim.AdamW`` with AIMv2's groups: decay on weights only. The paper's fully
+    """``torch.optim.AdamW`` with one parameter group per :class:`aimv2.optim.ParamGroup`
+    (its ``names``, ``lr_scale`` and decay: on weights only). The paper's fully
     decoupled decay ``p·(1 − wd·lr/peak_lr)`` is torch's ``p·(1 − lr·wd')`` with
     ``wd' = wd / peak_lr``; ``decay_mode="torch"`` uses ``wd`` as given. ``foreach`` on the
     CPU, ``fused`` on CUDA.
 
     Example:
         >>> m = torch.nn.Linear(2, 2)
-        >>> opt = _adamw(OptimConfig(lr=1e-3, weight_decay=0.1), list(m.named_parameters()),
-        ...              {"weight": True, "bias": False}, torch.device("cpu"))
+        >>> named = list(m.named_parameters())
+        >>> cfg = OptimConfig(lr=1e-3, weight_decay=0.1)
+        >>> opt = _adamw(cfg, named, param_groups(["weight", "bias"],
+        ...              {"weight": True, "bias": False}, cfg), torch.device("cpu"))
         >>> [round(g["weight_decay"], 6) for g in opt.param_groups]
         [100.0, 0.0]
     """
     wd = cfg.weight_decay / cfg.lr if cfg.decay_mode == "decoupled" else cfg.weight_decay
-    groups = [
-        {"params": [p for n, p in named if decay[n]], "weight_decay": wd},
-        {"params": [p for n, p in named if not decay[n]], "weight_decay": 0.0},
+    params = dict(named)
+    torch_groups = [
+        {
+            "params": [params[n] for n in g.names],
+            "names": list(g.names),
+            "lr_scale": g.scale,
+            "lr": cfg.lr * g.scale,
+            "weight_decay": wd if g.decay else 0.0,
+        }
+        for g in groups
     ]
     kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel
-    )
+    return torch.optim.AdamW(torch_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel)
