@@ -11,6 +11,7 @@ matching backend module's call.
 - :mod:`aimv2.reference.ops`: NumPy building blocks (linear, softmax, attention, erf).
 - :mod:`aimv2.reference.layers`: the built-in layers.
 - :mod:`aimv2.reference.models`: encoder, decoder, pre-training model.
+- :mod:`aimv2.reference.lit`: text encoder, LiT two-tower model, contrastive loss.
 - :mod:`aimv2.reference.losses`: the pixel and text objectives.
 - :mod:`aimv2.reference.optim`: AdamW with AIMv2's semantics.
 
@@ -33,6 +34,7 @@ from aimv2.weights import check_weights
 
 from . import ops
 from .layers import attention, attn_pool, block, ffn, norm, patch_embed, pos_embed, probe, trunk
+from .lit import contrastive_loss, first_eos, image_embeds, lit, text_embeds, text_encoder
 from .losses import pixel_loss, text_loss
 from .models import decoder, encoder, encoder_mask, model
 from .ops import Weights, sub
@@ -62,6 +64,12 @@ __all__ = [
     "model",
     "pixel_loss",
     "text_loss",
+    "text_encoder",
+    "lit",
+    "image_embeds",
+    "text_embeds",
+    "first_eos",
+    "contrastive_loss",
 ]
 
 

@@ -103,7 +103,8 @@ class Trainer:
     (``"auto"``, the default on every backend, compiles where that is cheap: here); the
     learning rate is an input, so changing it does not recompile. MLX has no autocast
     (``autocast`` must be None) and holds whole replicas (``shard`` must be ``"none"``).
-    Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
+    Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``. Parameters
+    frozen before (``freeze``) are left out of the optimizer.
 
     With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under
     ``mlx.launch``) every rank holds the whole model; after the local micro-batches the
@@ -208,7 +209,10 @@ class Trainer:
         average: the update minimizes Σ over micro-batches and ranks of ``w·term`` (each
         term scaled by its objective weight), and each reported term is that sum over
         ranks — the single-process loss of the global batch. Without ``weights`` a
-        multi-rank update averages the ranks' mean losses.
+        multi-rank update averages the ranks' gradients and losses: a loss over rows
+        gathered with :func:`~aimv2.backends.mlx.comm.gather_with_grad` (the contrastive
+        loss) is the global batch's on every rank, and the average is then the
+        single-process update.
         """
         k = len(micro_batches)
         check_update_weights(weights, k, self.loss_fn is pretrain_loss)

@@ -88,6 +88,7 @@ class Trainer:
     default on every backend, compiles where that is cheap: not here); ``autocast``
     (``"bf16"``) runs matmuls in bfloat16 while parameters and optimizer state stay
     float32. Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
+    Parameters frozen before (``freeze``) are left out of the optimizer.
 
     With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under torchrun)
     the model is wrapped once, here: ``shard="none"`` in DistributedDataParallel (every
@@ -140,7 +141,8 @@ class Trainer:
                 model.to(comm.device)
                 ids = [comm.device.index] if comm.device.type == "cuda" else None
                 self._ddp = wrapped = DistributedDataParallel(model, device_ids=ids)
-        named = list(model.named_parameters())
+        # frozen parameters (``freeze``: requires_grad off) are not optimized at all
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.step_count = 0
@@ -195,7 +197,10 @@ class Trainer:
         average: the update minimizes Σ over micro-batches and ranks of
         ``w·term`` (each term scaled by its objective weight), and each reported term is
         that sum over ranks — the single-process loss of the global batch. Without
-        ``weights`` a multi-rank update averages the ranks' mean losses.
+        ``weights`` a multi-rank update averages the ranks' gradients and losses: a loss
+        over rows gathered with :func:`~aimv2.backends.torch.comm.gather_with_grad` (the
+        contrastive loss) is the global batch's on every rank, and the average is then the
+        single-process update.
         """
         k = len(micro_batches)
         check_update_weights(weights, k, self.loss_fn is pretrain_loss)
@@ -209,13 +214,13 @@ class Trainer:
                 with self._autocast():
                     out = self.loss_fn(self.forward, tensors)
                 if weights is None:
-                    objective = out["loss"] / k
+                    objective = out["loss"] / k  # DDP/FSDP average it over the ranks
                 else:
                     objective = sum(
                         self._term_weight[t] * float(weights[i][t]) * out[t] for t in TERMS
                     )
-                if self.world_size > 1:
-                    objective = objective * self.world_size  # DDP/FSDP average over ranks
+                    # the weighted terms sum over the ranks; DDP/FSDP average them
+                    objective = objective * self.world_size
                 objective.backward()
             if weights is None:
                 keys = list(out)
