@@ -38,6 +38,7 @@ from .specs import (
     DecoderSpec,
     EncoderSpec,
     FeedForwardSpec,
+    LiTSpec,
     ModelSpec,
     NormSpec,
     PatchEmbedSpec,
@@ -46,9 +47,12 @@ from .specs import (
     RealizationError,
     Spec,
     SpecError,
+    TextEncoderSpec,
     TrunkSpec,
     decoder_spec,
     encoder_spec,
+    lit_spec,
+    text_encoder_spec,
 )
 from .weights import ParamInfo, WeightsError, check_weights, init_weights
 
@@ -67,6 +71,7 @@ SUBMODULES = (
     "distributed",
     "formats",
     "inputs",
+    "lit",
     "optim",
     "plot",
     "probe",
@@ -88,6 +93,10 @@ _LAZY = {
     "from_pretrained": "formats",
     "save_pretrained": "formats",
     "preprocess": "data",
+    "encode_images": "lit",
+    "encode_texts": "lit",
+    "zero_shot": "lit",
+    "load_lit": "lit",
 }
 
 __all__ = [
@@ -97,12 +106,14 @@ __all__ = [
     "DecoderSpec",
     "EncoderSpec",
     "FeedForwardSpec",
+    "LiTSpec",
     "ModelSpec",
     "NormSpec",
     "PatchEmbedSpec",
     "PosEmbedSpec",
     "PreprocessSpec",
     "TrunkSpec",
+    "TextEncoderSpec",
     "Spec",
     "ParamInfo",
     "BACKENDS",
@@ -116,6 +127,8 @@ __all__ = [
     "check_weights",
     "decoder_spec",
     "encoder_spec",
+    "lit_spec",
+    "text_encoder_spec",
     "get_weights",
     "init_weights",
     "load_backend",

@@ -100,10 +100,11 @@ def gather_with_grad(x: mx.array, world: Any = None) -> mx.array:
         return mx.distributed.all_gather(rows, group=group)
 
     @gather.vjp
-    def gather_vjp(primals: Any, cotangent: mx.array, output: mx.array) -> tuple[mx.array]:
-        n = primals[0].shape[0]
+    def gather_vjp(primals: Any, cotangent: mx.array, output: mx.array) -> mx.array:
+        # one input: MLX passes it (and takes its cotangent) as a bare array
+        n = (primals if isinstance(primals, mx.array) else primals[0]).shape[0]
         summed = mx.distributed.all_sum(cotangent, group=group)
-        return (summed[rank * n : (rank + 1) * n],)
+        return summed[rank * n : (rank + 1) * n]
 
     return gather(x)
 
