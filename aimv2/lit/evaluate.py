@@ -18,7 +18,7 @@ import numpy as np
 
 from ..data import Loader, open_source
 from ..progress import Progress
-from .zeroshot import DEFAULT_TEMPLATES, check_lit, encode_images, encode_texts, zero_shot
+from .zeroshot import DEFAULT_TEMPLATES, check_lit, classifier, encode_images, encode_texts
 
 __all__ = [
     "recall_at_k",
@@ -164,6 +164,8 @@ def evaluate_zero_shot(
         (359, True)
     """
     be = check_lit(model)
+    # the class embeddings first: bad names, templates or tokenizer fail before any image
+    weights = be.to_numpy(classifier(model, class_names, templates, tokenizer=tokenizer))
     pairs = source_pairs(data, model.spec.image_encoder, split, progress=progress)
     labels = pairs["labels"]
     if (labels < 0).any():
@@ -173,16 +175,8 @@ def evaluate_zero_shot(
             f"class_names: {len(class_names)} classes, but the labels of {data!r} go up to "
             f"{int(labels.max())} (label i is class_names[i])"
         )
-    logits = be.to_numpy(
-        zero_shot(
-            model,
-            pairs["images"],
-            class_names,
-            templates,
-            tokenizer=tokenizer,
-            batch_size=batch_size,
-        )
-    )
+    img = be.to_numpy(encode_images(model, pairs["images"], batch_size=batch_size))
+    logits = img @ weights.T  # the logit scale changes no ranking
     order = np.argsort(-logits, axis=1, kind="stable")
     out: dict[str, Any] = {
         "data": data,

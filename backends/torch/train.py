@@ -162,7 +162,7 @@ class Trainer:
     def _tensor(self, x: Any) -> Any:
         if x is None:
             return None
-        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.require(x, requirements="C"))
         return t.to(self.device, non_blocking=True)
 
     @contextlib.contextmanager
@@ -335,7 +335,7 @@ class Trainer:
         for n, p in zip(self.names, self.params, strict=True):
             entry = {"step": torch.tensor(float(step_count))}
             for key in ("exp_avg", "exp_avg_sq"):
-                src = np.ascontiguousarray(arrays[f"{key}.{n}"])
+                src = np.require(arrays[f"{key}.{n}"], requirements="C")  # 0-d stays 0-d
                 full = torch.from_numpy(src).to(device=self.device, dtype=p.dtype)
                 if self.sharded:  # this rank's shard of the full array
                     full = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)

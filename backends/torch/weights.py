@@ -107,7 +107,7 @@ def load_weights(
             if isinstance(value, Stored):
                 src = _combine(value.op, [part(path, key) for path, key in value.parts])
             else:
-                src = torch.from_numpy(np.ascontiguousarray(value))
+                src = torch.from_numpy(np.require(value, requirements="C"))
             params[name].copy_(src)
     missing = sorted(set(params) - seen)
     if missing:
