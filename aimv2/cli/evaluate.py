@@ -125,6 +125,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         probe_epochs=args.probe_epochs,
+        lit_steps=args.lit_steps,
         progress=not args.quiet,
     )
     print(format_report(report))
@@ -147,6 +148,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe-epochs", type=int, default=100)
+    p.add_argument("--lit-steps", type=int, default=300, help="LiT steps per text tower")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_quickstart)
 
