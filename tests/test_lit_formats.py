@@ -262,3 +262,18 @@ def test_lit_files_with_missing_or_extra_tensors(tmp_path):
     save_file(w2, tmp_path / "x.safetensors")
     with pytest.raises(FormatError, match=r"unexpected 1: text_encoder.extra"):
         formats.detect(tmp_path / "x.safetensors")
+
+
+def test_encoder_tools_read_the_image_tower_of_a_lit_model(tmp_path):
+    """``aimv2 probe`` / ``extract --pool attn`` take a LiT checkpoint's image tower."""
+    from aimv2.cli.common import load_encoder
+
+    spec = aimv2.presets.get("aimv2-lit-test-tiny")
+    w = random_weights(spec, 8)
+    model = aimv2.build(spec, INSTALLED[0], weights=w)
+    for fmt in ("official", "aimv2"):
+        out = formats.save_pretrained(model, tmp_path / fmt, format=fmt)
+        enc = load_encoder(str(out), INSTALLED[0])
+        assert enc.spec == spec.image_encoder and enc.spec.head is not None
+        got = aimv2.get_weights(enc)
+        assert all(np.array_equal(got[k], w["image_encoder." + k]) for k in got)

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import checkpoint, presets, specs
 from ..backend import build
-from ..formats import from_pretrained
+from ..formats import detect, from_pretrained
 
 __all__ = ["load_spec", "load_encoder"]
 
@@ -35,7 +35,8 @@ def load_spec(text: str) -> specs.Spec:
 
 def load_encoder(path: str, backend: str) -> Any:
     """An encoder module from a checkpoint directory, a run directory (its newest
-    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads.
+    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads; of a LiT model,
+    its image tower.
 
     Example:
         >>> load_encoder("/nonexistent", "torch")
@@ -54,6 +55,9 @@ def load_encoder(path: str, backend: str) -> Any:
             raise SystemExit(f"aimv2: {err}") from None
         return build(spec, backend, weights=weights)
     try:
-        return from_pretrained(path, backend=backend)
+        found = detect(path).spec
+        # a LiT model's image tower (with its pooling head) is the encoder
+        preset = found.image_encoder if isinstance(found, specs.LiTSpec) else None
+        return from_pretrained(path, backend=backend, preset=preset)
     except (ValueError, KeyError, FileNotFoundError) as err:
         raise SystemExit(f"aimv2: --checkpoint {path!r}: {err}") from None
