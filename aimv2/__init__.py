@@ -38,6 +38,7 @@ from .specs import (
     DecoderSpec,
     EncoderSpec,
     FeedForwardSpec,
+    LiTSpec,
     ModelSpec,
     NormSpec,
     PatchEmbedSpec,
@@ -46,9 +47,12 @@ from .specs import (
     RealizationError,
     Spec,
     SpecError,
+    TextEncoderSpec,
     TrunkSpec,
     decoder_spec,
     encoder_spec,
+    lit_spec,
+    text_encoder_spec,
 )
 from .weights import ParamInfo, WeightsError, check_weights, init_weights
 
@@ -68,6 +72,7 @@ SUBMODULES = (
     "finetune",
     "formats",
     "inputs",
+    "lit",
     "lora",
     "optim",
     "plot",
@@ -94,6 +99,10 @@ _LAZY = {
     "extract_features": "probe",
     "resize_encoder": "resize",
     "merge_lora": "lora",
+    "encode_images": "lit",
+    "encode_texts": "lit",
+    "zero_shot": "lit",
+    "load_lit": "lit",
 }
 
 __all__ = [
@@ -103,12 +112,14 @@ __all__ = [
     "DecoderSpec",
     "EncoderSpec",
     "FeedForwardSpec",
+    "LiTSpec",
     "ModelSpec",
     "NormSpec",
     "PatchEmbedSpec",
     "PosEmbedSpec",
     "PreprocessSpec",
     "TrunkSpec",
+    "TextEncoderSpec",
     "Spec",
     "ParamInfo",
     "BACKENDS",
@@ -122,6 +133,8 @@ __all__ = [
     "check_weights",
     "decoder_spec",
     "encoder_spec",
+    "lit_spec",
+    "text_encoder_spec",
     "get_weights",
     "init_weights",
     "load_backend",

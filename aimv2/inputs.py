@@ -21,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "check_tokens",
+    "check_text_tokens",
     "check_features",
     "check_pretrain_batch",
     "intermediate_indices",
@@ -68,6 +69,48 @@ def check_tokens(
         raise ValueError(f"tokens: token ids must be >= 0, got {lo}")
     if hi is not None and hi >= vocab_size:
         raise ValueError(f"tokens: token ids must be < vocab_size={vocab_size}, got {hi}")
+
+
+def check_text_tokens(
+    shape: tuple[int, ...],
+    dtype_kind: str,
+    lo: int | None,
+    hi: int | None,
+    rows_without_eos: int,
+    *,
+    vocab_size: int,
+    context_length: int,
+    eos_id: int,
+) -> None:
+    """Check captions for a text encoder: (B, T) integers, 1 ≤ T ≤ context, ids in
+    0…vocab−1, and an ``eos_id`` in every row (the tower pools the first one).
+
+    Example:
+        >>> check_text_tokens((2, 5), "i", 0, 9, 1, vocab_size=10, context_length=8, eos_id=9)
+        Traceback (most recent call last):
+        ...
+        ValueError: tokens: 1 of 2 captions hold no end-of-text token (eos_id=9); the text encoder pools the first one (tokenize with the model's tokenizer)
+    """
+    shape = tuple(int(s) for s in shape)
+    if dtype_kind not in "iu":
+        raise TypeError(f"tokens: expected integer token ids, got dtype kind {dtype_kind!r}")
+    if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"tokens: expected a 2-D batch (B, T) of token ids, got shape {shape}")
+    if shape[1] > context_length:
+        raise ValueError(
+            f"tokens: caption length {shape[1]} exceeds the text encoder's "
+            f"context_length={context_length}"
+        )
+    if lo is not None and lo < 0:
+        raise ValueError(f"tokens: token ids must be >= 0, got {lo}")
+    if hi is not None and hi >= vocab_size:
+        raise ValueError(f"tokens: token ids must be < vocab_size={vocab_size}, got {hi}")
+    if rows_without_eos:
+        raise ValueError(
+            f"tokens: {rows_without_eos} of {shape[0]} captions hold no end-of-text token "
+            f"(eos_id={eos_id}); the text encoder pools the first one (tokenize with the "
+            f"model's tokenizer)"
+        )
 
 
 def check_features(shape: tuple[int, ...], width: int, name: str = "features") -> None:

@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -164,12 +164,20 @@ class ParamGroup:
     scale: float
 
 
+# What both trainers say when nothing is left to train.
+ALL_FROZEN = "nothing to train: every parameter is frozen (OptimConfig.lr_scales of 0, or freeze)"
+
+
 def param_groups(
-    names: Sequence[str], decay: Mapping[str, bool], cfg: OptimConfig
+    names: Sequence[str],
+    decay: Mapping[str, bool],
+    cfg: OptimConfig,
+    exclude: Collection[str] = (),
 ) -> list[ParamGroup]:
     """The optimizer groups of parameters ``names`` (in model order): one per (decay,
     scale) pair, in order of first appearance; parameters with scale 0 are frozen and in
-    no group. A scale naming no parameter of ``names`` is a ValueError.
+    no group, nor are those of ``exclude`` (frozen otherwise, e.g. a locked tower). A
+    scale naming no parameter of ``names`` is a ValueError.
 
     Example:
         >>> cfg = OptimConfig(lr_scales={"a": 0.5, "c": 0.0})
@@ -187,7 +195,7 @@ def param_groups(
     groups: dict[tuple[bool, float], list[str]] = {}
     for name in names:
         scale = scales.get(name, 1.0)
-        if scale == 0.0:
+        if scale == 0.0 or name in exclude:
             continue
         groups.setdefault((bool(decay[name]), scale), []).append(name)
     return [ParamGroup(tuple(ns), d, sc) for (d, sc), ns in groups.items()]

@@ -8,14 +8,19 @@ training split (attentive head, layer-wise lr decay, :mod:`aimv2.finetune`); wit
 losses and wall time, to the console, ``OUT/report.md`` (with the loss curves,
 ``loss.png``, and a bar chart of the accuracies, ``probes.png``) and ``OUT/report.json``.
 
+Then the zero-shot line: each of the two encoders, locked, gets a small text tower
+LiT-tuned on the same captions (``aimv2-lit-small-patch4-16``: an attention-pooling head,
+a 2-block text tower, the contrastive loss), and the held-out digits are classified with
+class-name prompts only — what pre-training buys the text side too.
+
 Horizontal flips are off for digits (a flipped 2 is not a 2) and crops keep ≥ 60% of
 the area; everything else is the paper's recipe scaled down.
 
 Example:
     >>> import tempfile
     >>> r = run(tempfile.mkdtemp(), steps=2, batch_size=8, probe_epochs=1, progress=False,
-    ...         finetune_epochs=0.05)
-    >>> sorted(r["probes"]), sorted(r["finetune"])
+    ...         finetune_epochs=0.05, lit_steps=2)
+    >>> sorted(r["probes"]), sorted(r["finetune"]), sorted(r["zero_shot"]["top1"])
     (['pretrained', 'random_init', 'raw_pixels'], ['pretrained', 'random_init'])
 """
 
@@ -28,6 +33,7 @@ from typing import Any
 from . import atomic, checkpoint
 from .backend import build
 from .finetune import FinetuneConfig, finetune
+from .lit import LitConfig, evaluate_zero_shot, lit_train, load_lit
 from .plot import plot_metrics, plot_probes
 from .probe import ProbeConfig, fit_and_score, probe_encoder, raw_pixel_features, standardize
 from .training import PretrainConfig, pretrain
@@ -40,6 +46,16 @@ PRESET = "aimv2-small-patch4-16"
 FINETUNE = {"lr": 1e-3, "layer_decay": 0.75, "label_smoothing": 0.1, "batch_size": 64}
 FINETUNE_EPOCHS = 15.0
 
+LIT_PRESET = "aimv2-lit-small-patch4-16"
+CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# prompts in the words of the digit captions, with the class name in place of the digit
+TEMPLATES = (
+    "a handwritten digit {}",
+    "a scanned image of the digit {}",
+    "a blurry handwritten number {}",
+    "an 8 by 8 pixel image of the digit {}",
+)
+
 
 def run(
     out: str,
@@ -49,14 +65,17 @@ def run(
     batch_size: int = 64,
     seed: int = 0,
     probe_epochs: int = 100,
+    lit_steps: int = 300,
+    lit_batch_size: int = 128,
     progress: bool = True,
     finetune_epochs: float = FINETUNE_EPOCHS,
 ) -> dict[str, Any]:
-    """Pre-train, probe three ways, fine-tune two ways, write the report; returns the
-    report dict. ``finetune_epochs=0`` skips the fine-tuning.
+    """Pre-train, probe three ways, fine-tune two ways, LiT-tune a text tower on each
+    encoder and classify the held-out digits zero-shot, write the report; returns the
+    report dict. ``finetune_epochs=0`` skips the fine-tuning, ``lit_steps=0`` the LiT.
 
-    Re-running with the same ``out`` resumes (or reuses) the pre-training and fine-tuning
-    runs.
+    Re-running with the same ``out`` resumes (or reuses) the pre-training, fine-tuning and
+    LiT runs.
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
@@ -95,6 +114,42 @@ def run(
     tx, vx = standardize(tx, vx)
     raw = fit_and_score(tx, ty, vx, vy, "linear", backend, pcfg, 10, progress=progress)
     probes["raw_pixels"] = {"linear": {"train": raw["train"], "heldout": raw["heldout"]}}
+    zero_shot: dict[str, Any] | None = None
+    if lit_steps > 0:
+        t_lit = time.perf_counter()
+        encoders = {"pretrained": str(checkpoint.latest(run_dir)), "random_init": PRESET}
+        top1, lit_runs = {}, {}
+        for key, image_encoder in encoders.items():
+            lit_dir = out_dir / f"lit-{key}"
+            lit_runs[key] = lit_train(
+                LitConfig(
+                    out=str(lit_dir),
+                    preset=LIT_PRESET,
+                    image_encoder=image_encoder,
+                    data=DATA,
+                    backend=backend,
+                    steps=lit_steps,
+                    batch_size=lit_batch_size,
+                    seed=seed,
+                    save_every=lit_steps,
+                    log_every=max(lit_steps // 50, 1),
+                    progress=progress,
+                    resume=checkpoint.latest(lit_dir) is not None,
+                )
+            )
+            zs = evaluate_zero_shot(load_lit(lit_dir, backend), DATA, CLASS_NAMES, TEMPLATES)
+            top1[key] = zs["top1"]
+        zero_shot = {
+            "top1": top1,
+            "chance": 1 / len(CLASS_NAMES),
+            "classes": list(CLASS_NAMES),
+            "templates": list(TEMPLATES),
+            "preset": LIT_PRESET,
+            "steps": lit_steps,
+            "batch_size": lit_batch_size,
+            "final_loss": {k: r["final"].get("loss") for k, r in lit_runs.items()},
+            "lit_s": time.perf_counter() - t_lit,
+        }
     probe_table = {
         k: {kind: v[kind] for kind in ("attentive", "linear") if kind in v}
         for k, v in probes.items()
@@ -146,6 +201,7 @@ def run(
         "probes": probe_table,
         "finetune": tuned,
         "finetune_epochs": finetune_epochs,
+        "zero_shot": zero_shot,
         "pretrain_s": t_pre,
         "finetune_s": t_ft,
         "wall_s": time.perf_counter() - t0,
@@ -209,6 +265,21 @@ def format_report(r: dict[str, Any]) -> str:
                     f"| {names[key]} | {_pct(tuned[key].get('heldout'))} | "
                     f"{_pct(tuned[key].get('train'))} | {_pct(probe.get('heldout'))} |"
                 )
+    zs = r.get("zero_shot")
+    if zs:
+        t = zs["top1"]
+        lines += [
+            "",
+            f"Zero-shot on the held-out digits (a {zs['steps']}-step LiT text tower per locked "
+            f"encoder, prompts like “{zs['templates'][0].format('seven')}”, "
+            f"{len(zs['templates'])} templates averaged):",
+            "",
+            "| image tower | zero-shot top-1 (held-out) |",
+            "|---|---|",
+            f"| AIMv2 pre-trained | {_pct(t.get('pretrained'))} |",
+            f"| same architecture, random init | {_pct(t.get('random_init'))} |",
+            f"| chance | {_pct(zs.get('chance'))} |",
+        ]
     fl = r.get("final_loss", {})
     if fl.get("loss") is not None:
         lines += [
@@ -222,8 +293,12 @@ def format_report(r: dict[str, Any]) -> str:
             f"{r['heldout_caption_loss_blank_image']:.4f} with a blank image."
         )
     if r.get("wall_s") is not None:
-        ft = f", fine-tuning {r['finetune_s']:.0f} s" if r.get("finetune_s") else ""
-        lines.append(f"Wall time {r['wall_s']:.0f} s (pre-training {r['pretrain_s']:.0f} s{ft}).")
+        extra = [
+            f"fine-tuning {r['finetune_s']:.0f} s" if r.get("finetune_s") else "",
+            f"LiT {zs['lit_s']:.0f} s" if zs and zs.get("lit_s") is not None else "",
+        ]
+        more = "".join(f", {e}" for e in extra if e)
+        lines.append(f"Wall time {r['wall_s']:.0f} s (pre-training {r['pretrain_s']:.0f} s{more}).")
     if r.get("loss_plot"):
         lines += ["", "![loss curves](loss.png)"]
     if r.get("probe_plot"):

@@ -11,6 +11,7 @@ matching backend module's call.
 - :mod:`aimv2.reference.ops`: NumPy building blocks (linear, softmax, attention, erf).
 - :mod:`aimv2.reference.layers`: the built-in layers.
 - :mod:`aimv2.reference.models`: encoder, decoder, pre-training model.
+- :mod:`aimv2.reference.lit`: text encoder, LiT two-tower model, contrastive loss.
 - :mod:`aimv2.reference.losses`: the pixel and text objectives.
 - :mod:`aimv2.reference.optim`: AdamW with AIMv2's semantics.
 - :mod:`aimv2.reference.downstream`: resampled positions, LoRA, the mean-pool head and
@@ -36,6 +37,7 @@ from aimv2.weights import check_weights
 from . import ops
 from .downstream import classification_loss, lora, lora_merged, mean_pool, resampled_pos_embed
 from .layers import attention, attn_pool, block, ffn, norm, patch_embed, pos_embed, probe, trunk
+from .lit import contrastive_loss, first_eos, image_embeds, lit, text_embeds, text_encoder
 from .losses import pixel_loss, text_loss
 from .models import decoder, encoder, encoder_mask, forward_intermediates, model
 from .ops import Weights, sub
@@ -71,6 +73,12 @@ __all__ = [
     "lora_merged",
     "mean_pool",
     "classification_loss",
+    "text_encoder",
+    "lit",
+    "image_embeds",
+    "text_embeds",
+    "first_eos",
+    "contrastive_loss",
 ]
 
 

@@ -13,10 +13,10 @@ from typing import Any
 from .. import checkpoint
 from ..backend import BackendUnavailable, build
 from ..distributed import DistributedError
-from ..formats import from_pretrained
+from ..formats import detect, from_pretrained
 from ..presets import load_spec
 from ..resize import resize_encoder
-from ..specs import RealizationError
+from ..specs import LiTSpec, RealizationError
 from ..training import TrainingError
 
 __all__ = ["load_spec", "load_encoder", "USER_ERRORS", "one_line"]
@@ -52,9 +52,9 @@ def one_line(err: BaseException) -> str:
 
 def load_encoder(path: str, backend: str, image_size: Any = None) -> Any:
     """An encoder module from a checkpoint directory, a run directory (its newest
-    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads; with
-    ``image_size``, resized to it (:func:`aimv2.resize_encoder`); errors name
-    ``--checkpoint``.
+    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads (of a LiT
+    model, its image tower); with ``image_size``, resized to it
+    (:func:`aimv2.resize_encoder`); errors name ``--checkpoint``.
 
     Example:
         >>> load_encoder("/nonexistent", "torch")
@@ -75,6 +75,9 @@ def load_encoder(path: str, backend: str, image_size: Any = None) -> Any:
                 raise ValueError(f"--image-size {image_size!r}: {one_line(err)}") from None
         return build(spec, backend, weights=weights)
     try:
-        return from_pretrained(path, backend=backend, image_size=image_size)
+        found = detect(path).spec
+        # a LiT model's image tower (with its pooling head) is the encoder
+        preset = found.image_encoder if isinstance(found, LiTSpec) else None
+        return from_pretrained(path, backend=backend, preset=preset, image_size=image_size)
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--checkpoint {path!r}: {one_line(err)}") from None

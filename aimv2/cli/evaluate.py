@@ -125,6 +125,7 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         probe_epochs=args.probe_epochs,
+        lit_steps=args.lit_steps,
         progress=not args.quiet,
         finetune_epochs=args.finetune_epochs,
     )
@@ -154,6 +155,7 @@ def add_parsers(sub: Any) -> None:
         default=FINETUNE_EPOCHS,
         help=f"epochs of each fine-tuning run (0: none; default {FINETUNE_EPOCHS:g})",
     )
+    p.add_argument("--lit-steps", type=int, default=300, help="LiT steps per text tower")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_quickstart)
 

@@ -43,7 +43,8 @@ def from_pretrained(
     device: Any = None,
     image_size: Any = None,
 ) -> Any:
-    """Build an AIMv2 encoder from a checkpoint file or folder in any supported format.
+    """Build an AIMv2 encoder — or a LiT two-tower model, from a LiT checkpoint — from a
+    checkpoint file or folder in any supported format.
 
     The format is detected from the tensor names (see :mod:`aimv2.formats`); the spec comes
     from ``preset`` (a preset name, ``ModelSpec`` or ``EncoderSpec``), else ``config.json``

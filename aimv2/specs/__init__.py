@@ -15,6 +15,7 @@ parameters (``parameters()``), and round-trips through plain dicts (``to_dict`` 
 - :mod:`aimv2.specs.encoder`: preprocessing and the vision encoder.
 - :mod:`aimv2.specs.model`: decoder, prefix, objectives, init and the whole model.
 - :mod:`aimv2.specs.downstream`: resampled positions, LoRA adapters, a mean-pool head.
+- :mod:`aimv2.specs.lit`: the text encoder and the LiT two-tower model.
 
 Example:
     >>> from aimv2 import specs
@@ -72,6 +73,7 @@ from .layers import (
     block_spec,
     swiglu_hidden,
 )
+from .lit import LiTSpec, TextEncoderSpec, lit_spec, text_encoder_spec
 from .model import (
     DecoderSpec,
     InitSpec,
@@ -111,6 +113,8 @@ __all__ = [
     "LoRAFeedForwardSpec",
     "LORA_SPECS",
     "MeanPoolSpec",
+    "TextEncoderSpec",
+    "LiTSpec",
     "KINDS",
     "CONFIG_KINDS",
     "CLIP_MEAN",
@@ -131,6 +135,8 @@ __all__ = [
     "block_spec",
     "encoder_spec",
     "decoder_spec",
+    "text_encoder_spec",
+    "lit_spec",
 ]
 
 

@@ -27,6 +27,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from aimv2.inputs import check_pretrain_batch
 from aimv2.optim import (
+    ALL_FROZEN,
     TERMS,
     OptimConfig,
     ParamGroup,
@@ -107,9 +108,9 @@ class Trainer:
     learning rate is an input, so changing it does not recompile. MLX has no autocast
     (``autocast`` must be None) and holds whole replicas (``shard`` must be ``"none"``).
     Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
-    Parameters with an ``lr_scales`` entry of 0 are frozen (no gradient, no state);
-    the others form the groups of :func:`aimv2.optim.param_groups` (``groups``), each
-    updated at ``lr · scale``.
+    Parameters with an ``lr_scales`` entry of 0 are frozen (no gradient, no state),
+    like those frozen before (``freeze``); the others form the groups of
+    :func:`aimv2.optim.param_groups` (``groups``), each updated at ``lr · scale``.
 
     With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under
     ``mlx.launch``) every rank holds the whole model; after the local micro-batches the
@@ -146,12 +147,14 @@ class Trainer:
         self.world_size = 1 if self.world is None else self.world.size
         self.rank = 0 if self.world is None else self.world.rank
         every = [n for n, _ in tree_flatten(model.parameters())]
-        _freeze(model, frozen_names(every, cfg))
+        trainable = {n for n, _ in tree_flatten(model.trainable_parameters())}
+        held = [n for n in every if n not in trainable]  # frozen before (``freeze``)
+        _freeze(model, held + frozen_names(every, cfg))
         flat = tree_flatten(model.trainable_parameters())
         self.names = [n for n, _ in flat]
         if not self.names:
-            raise ValueError("OptimConfig.lr_scales: every parameter is frozen (scale 0)")
-        self.groups = param_groups(every, decay_mask(model.spec), cfg)
+            raise ValueError(ALL_FROZEN)
+        self.groups = param_groups(every, decay_mask(model.spec), cfg, exclude=set(held))
         self.optimizer = _adamw(cfg, self.groups)
         self.optimizer.init(model.trainable_parameters())
         self.step_count = 0
@@ -220,7 +223,10 @@ class Trainer:
         average: the update minimizes Σ over micro-batches and ranks of ``w·term`` (each
         term scaled by its objective weight), and each reported term is that sum over
         ranks — the single-process loss of the global batch. Without ``weights`` a
-        multi-rank update averages the ranks' mean losses.
+        multi-rank update averages the ranks' gradients and losses: a loss over rows
+        gathered with :func:`~aimv2.backends.mlx.comm.gather_with_grad` (the contrastive
+        loss) is the global batch's on every rank, and the average is then the
+        single-process update.
         """
         k = len(micro_batches)
         check_update_weights(weights, k, self.loss_fn is pretrain_loss)

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aimv2.inputs import check_pretrain_batch
 from aimv2.optim import (
+    ALL_FROZEN,
     TERMS,
     OptimConfig,
     ParamGroup,
@@ -91,9 +92,9 @@ class Trainer:
     default on every backend, compiles where that is cheap: not here); ``autocast``
     (``"bf16"``) runs matmuls in bfloat16 while parameters and optimizer state stay
     float32. Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
-    Parameters with an ``lr_scales`` entry of 0 are frozen (no gradient, no state);
-    the others form the groups of :func:`aimv2.optim.param_groups` (``groups``), each
-    updated at ``lr · scale``.
+    Parameters with an ``lr_scales`` entry of 0 are frozen (no gradient, no state),
+    like those frozen before (``freeze``); the others form the groups of
+    :func:`aimv2.optim.param_groups` (``groups``), each updated at ``lr · scale``.
 
     With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under torchrun)
     the model is wrapped once, here: ``shard="none"`` in DistributedDataParallel (every
@@ -127,8 +128,9 @@ class Trainer:
         self._ddp: Any = None
         wrapped: Any = model
         frozen = set(frozen_names([n for n, _ in model.named_parameters()], cfg))
+        held = {n for n, p in model.named_parameters() if not p.requires_grad}  # ``freeze``
         for name, p in model.named_parameters():  # before wrapping: DDP reads requires_grad
-            p.requires_grad_(name not in frozen)
+            p.requires_grad_(name not in frozen and name not in held)
         if self.world is not None:
             comm = self.world.comm
             if self.sharded:
@@ -150,14 +152,16 @@ class Trainer:
                 ids = [comm.device.index] if comm.device.type == "cuda" else None
                 self._ddp = wrapped = DistributedDataParallel(model, device_ids=ids)
         self._all = list(model.named_parameters())
-        named = [(n, p) for n, p in self._all if n not in frozen]
+        named = [(n, p) for n, p in self._all if p.requires_grad]
         if not named:
-            raise ValueError("OptimConfig.lr_scales: every parameter is frozen (scale 0)")
+            raise ValueError(ALL_FROZEN)
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.step_count = 0
         self.device = self.params[0].device
-        self.groups = param_groups([n for n, _ in self._all], decay_mask(model.spec), cfg)
+        self.groups = param_groups(
+            [n for n, _ in self._all], decay_mask(model.spec), cfg, exclude=held
+        )
         self.optimizer = _adamw(cfg, named, self.groups, self.device)
         self.forward = torch.compile(wrapped) if resolve_compile(compile, cheap=False) else wrapped
         if autocast not in (None, "bf16"):
@@ -173,7 +177,7 @@ class Trainer:
     def _tensor(self, x: Any) -> Any:
         if x is None:
             return None
-        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.require(x, requirements="C"))
         return t.to(self.device, non_blocking=True)
 
     @contextlib.contextmanager
@@ -208,7 +212,10 @@ class Trainer:
         average: the update minimizes Σ over micro-batches and ranks of
         ``w·term`` (each term scaled by its objective weight), and each reported term is
         that sum over ranks — the single-process loss of the global batch. Without
-        ``weights`` a multi-rank update averages the ranks' mean losses.
+        ``weights`` a multi-rank update averages the ranks' gradients and losses: a loss
+        over rows gathered with :func:`~aimv2.backends.torch.comm.gather_with_grad` (the
+        contrastive loss) is the global batch's on every rank, and the average is then the
+        single-process update.
         """
         k = len(micro_batches)
         check_update_weights(weights, k, self.loss_fn is pretrain_loss)
@@ -222,7 +229,7 @@ class Trainer:
                 with self._autocast():
                     out = self.loss_fn(self.forward, tensors)
                 if weights is None:
-                    objective = out["loss"] / k
+                    objective = out["loss"] / k  # DDP/FSDP average it over the ranks
                 else:
                     objective = sum(
                         self._term_weight[t] * float(weights[i][t]) * out[t] for t in TERMS
@@ -346,7 +353,7 @@ class Trainer:
         for n, p in zip(self.names, self.params, strict=True):
             entry = {"step": torch.tensor(float(step_count))}
             for key in ("exp_avg", "exp_avg_sq"):
-                src = np.ascontiguousarray(arrays[f"{key}.{n}"])
+                src = np.require(arrays[f"{key}.{n}"], requirements="C")  # 0-d stays 0-d
                 full = torch.from_numpy(src).to(device=self.device, dtype=p.dtype)
                 if self.sharded:  # this rank's shard of the full array
                     full = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
