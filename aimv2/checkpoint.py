@@ -330,7 +330,8 @@ def _spec_diff(a: S.Spec, b: S.Spec, prefix: str = "") -> str:
 
 
 def encoder_of(ck: Checkpoint) -> tuple[S.EncoderSpec, dict[str, np.ndarray]]:
-    """The encoder spec and its weights (official names) of a loaded checkpoint.
+    """The encoder spec and its weights (official names) of a loaded checkpoint (of a LiT
+    model: its image tower).
 
     Example:
         >>> import tempfile, aimv2
@@ -345,7 +346,8 @@ def encoder_of(ck: Checkpoint) -> tuple[S.EncoderSpec, dict[str, np.ndarray]]:
         return spec, dict(ck.weights)
     if isinstance(spec, S.ModelSpec) and spec.decoder is None:
         return spec.encoder, dict(ck.weights)
-    if isinstance(spec, S.ModelSpec):
-        n = len("encoder.")
-        return spec.encoder, {k[n:]: v for k, v in ck.weights.items() if k.startswith("encoder.")}
+    if isinstance(spec, (S.ModelSpec, S.LiTSpec)):  # a LiT model's image tower, head included
+        pre = "encoder." if isinstance(spec, S.ModelSpec) else "image_encoder."
+        n = len(pre)
+        return spec.encoder, {k[n:]: v for k, v in ck.weights.items() if k.startswith(pre)}
     raise CheckpointError(f"checkpoint {str(ck.path)!r}: holds a {spec.kind!r}, not an encoder")

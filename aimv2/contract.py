@@ -27,7 +27,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .optim import OptimConfig
+from .optim import OptimConfig, ParamGroup
 from .specs import Spec
 
 __all__ = [
@@ -98,12 +98,16 @@ class Trainer(Protocol):
     ``autocast="bf16"`` runs matmuls in bfloat16 where the device supports it, ``world``
     is an :class:`aimv2.distributed.World` for data parallelism and ``shard`` picks the
     torch sharding (``"none"``: DDP, ``"full"``: FSDP2; MLX holds whole replicas).
+    Parameters frozen before (``freeze``) are not optimized. A multi-rank update without
+    ``weights`` averages the ranks' gradients and reported values: a loss over rows
+    gathered with ``gather_with_grad`` then trains exactly as one process would.
     """
 
     model: Any
     cfg: OptimConfig
     step_count: int
-    names: list[str]
+    names: list[str]  # the trained parameters (those with optimizer state), in model order
+    groups: list[ParamGroup]  # the optimizer's groups, from aimv2.optim.param_groups
 
     def step(
         self,
@@ -251,6 +255,38 @@ class Backend(Protocol):
 
     def probe_loss(self, model: Any, batch: Mapping[str, Any]) -> dict[str, Any]:
         """Cross-entropy and accuracy of a probe on ``features`` and ``labels``."""
+        ...
+
+    def classifier_loss(self, label_smoothing: float = 0.0) -> LossFn:
+        """The fine-tuning :data:`LossFn`: label-smoothed cross-entropy and accuracy of an
+        encoder's head output ``model(images, pool=True)`` on ``images`` and ``labels``."""
+        ...
+
+    def contrastive_loss(
+        self, model: Any, batch: Mapping[str, Any], world: Any = None
+    ) -> dict[str, Any]:
+        """The symmetric contrastive loss of a LiT model on ``tokens`` with ``images`` or
+        ``image_features``; under a multi-rank ``world`` over embeddings gathered from
+        every rank (``functools.partial(contrastive_loss, world=world)`` is a
+        :data:`LossFn`)."""
+        ...
+
+    def gather_with_grad(self, x: Any, world: Any = None) -> Any:
+        """The rows of ``x`` from every rank, in rank order; the gradient reaching this
+        rank's rows is summed over the ranks (each rank's loss of the gathered rows counts),
+        so averaging the ranks' gradients gives the single-process gradient."""
+        ...
+
+    def freeze(self, model: Any, prefixes: Sequence[str]) -> int:
+        """Stop training the parameters whose canonical names start with ``prefixes``: no
+        gradient, left out of a Trainer built afterwards. Returns how many."""
+        ...
+
+    def value_and_grads(
+        self, model: Any, loss_fn: LossFn, batch: Mapping[str, Any]
+    ) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """``loss_fn(model, batch of NumPy values)``: every reported value as a float, and
+        the gradient of ``"loss"`` for every parameter (canonical names and layouts)."""
         ...
 
 

@@ -13,6 +13,12 @@ float64 reference (:func:`aimv2.reference.adamw_step`), all with the same semant
 No decay on biases, norms, position embeddings, start and cls tokens (see
 :attr:`aimv2.weights.ParamInfo.decay`).
 
+``OptimConfig.lr_scales`` multiplies the scheduled learning rate per parameter (layer-wise
+decay when fine-tuning); a scale of 0 freezes a parameter (no gradient, no update, no
+decay, no optimizer state). Both backends turn it into the same parameter groups
+(:func:`param_groups`): one per (decay, scale), each run at ``lr · scale``. The decay of
+step 3 scales with it (``p·(1 − wd·scale·lr/peak_lr)``), as in timm's layer-wise decay.
+
 Example:
     >>> cfg = OptimConfig(lr=1e-3, warmup_steps=10, total_steps=100)
     >>> round(lr_at(cfg, 4), 6), round(lr_at(cfg, 99), 6)
@@ -22,8 +28,8 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import specs as S
@@ -31,6 +37,9 @@ from .weights import parameters
 
 __all__ = [
     "OptimConfig",
+    "ParamGroup",
+    "param_groups",
+    "frozen_names",
     "lr_at",
     "decay_mask",
     "paper_peak_lr",
@@ -71,8 +80,25 @@ class OptimConfig:
     decay_mode: str = "decoupled"
     clip_norm: float | None = 1.0
     accumulate: int = 1
+    lr_scales: tuple[tuple[str, float], ...] = field(default=())
 
     def __post_init__(self) -> None:
+        items = self.lr_scales.items() if isinstance(self.lr_scales, Mapping) else self.lr_scales
+        try:
+            scales = tuple((str(n), float(v)) for n, v in items)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"OptimConfig.lr_scales={self.lr_scales!r:.80}: expected a mapping of "
+                f"parameter name -> learning-rate multiplier"
+            ) from None
+        for name, v in scales:
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(
+                    f"OptimConfig.lr_scales[{name!r}]={v!r}: expected a finite value >= 0"
+                )
+        if len({n for n, _ in scales}) != len(scales):
+            raise ValueError("OptimConfig.lr_scales: a parameter is named twice")
+        object.__setattr__(self, "lr_scales", scales)
         checks = [
             (self.lr > 0, "lr", "expected > 0"),
             (0 <= self.min_lr <= self.lr, "min_lr", f"expected 0 <= min_lr <= lr={self.lr}"),
@@ -110,7 +136,80 @@ class OptimConfig:
         """
         d = asdict(self)
         d["betas"] = list(self.betas)
+        d["lr_scales"] = dict(self.lr_scales)
         return d
+
+    def lr_scale(self, name: str) -> float:
+        """The learning-rate multiplier of parameter ``name`` (1 unless ``lr_scales`` says).
+
+        Example:
+            >>> OptimConfig(lr_scales={"w": 0.5}).lr_scale("w"), OptimConfig().lr_scale("w")
+            (0.5, 1.0)
+        """
+        return dict(self.lr_scales).get(name, 1.0)
+
+
+@dataclass(frozen=True)
+class ParamGroup:
+    """Parameters that share an update rule: ``decay`` (weight decay on or off) and
+    ``scale`` (their learning rate is ``lr · scale``).
+
+    Example:
+        >>> ParamGroup(("w",), True, 0.5).scale
+        0.5
+    """
+
+    names: tuple[str, ...]
+    decay: bool
+    scale: float
+
+
+# What both trainers say when nothing is left to train.
+ALL_FROZEN = "nothing to train: every parameter is frozen (OptimConfig.lr_scales of 0, or freeze)"
+
+
+def param_groups(
+    names: Sequence[str],
+    decay: Mapping[str, bool],
+    cfg: OptimConfig,
+    exclude: Collection[str] = (),
+) -> list[ParamGroup]:
+    """The optimizer groups of parameters ``names`` (in model order): one per (decay,
+    scale) pair, in order of first appearance; parameters with scale 0 are frozen and in
+    no group, nor are those of ``exclude`` (frozen otherwise, e.g. a locked tower). A
+    scale naming no parameter of ``names`` is a ValueError.
+
+    Example:
+        >>> cfg = OptimConfig(lr_scales={"a": 0.5, "c": 0.0})
+        >>> [(g.names, g.decay, g.scale) for g in param_groups("abc", dict.fromkeys("abc", True), cfg)]
+        [(('a',), True, 0.5), (('b',), True, 1.0)]
+    """
+    known = set(names)
+    unknown = sorted(n for n, _ in cfg.lr_scales if n not in known)
+    if unknown:
+        raise ValueError(
+            f"OptimConfig.lr_scales: {unknown[:3]} are not parameters of this model "
+            f"({len(unknown)} unknown)"
+        )
+    scales = dict(cfg.lr_scales)
+    groups: dict[tuple[bool, float], list[str]] = {}
+    for name in names:
+        scale = scales.get(name, 1.0)
+        if scale == 0.0 or name in exclude:
+            continue
+        groups.setdefault((bool(decay[name]), scale), []).append(name)
+    return [ParamGroup(tuple(ns), d, sc) for (d, sc), ns in groups.items()]
+
+
+def frozen_names(names: Sequence[str], cfg: OptimConfig) -> list[str]:
+    """The parameters of ``names`` with learning-rate scale 0 (frozen).
+
+    Example:
+        >>> frozen_names(["a", "b"], OptimConfig(lr_scales={"b": 0.0}))
+        ['b']
+    """
+    zero = {n for n, v in cfg.lr_scales if v == 0.0}
+    return [n for n in names if n in zero]
 
 
 def lr_at(cfg: OptimConfig, step: int) -> float:

@@ -68,7 +68,11 @@ _PROBE_ROWS = {
     "random_init": "random init\n(same architecture)",
     "raw_pixels": "raw pixels\n(no encoder)",
 }
-_PROBE_KINDS = {"attentive": "attentive probe", "linear": "linear probe"}
+_PROBE_KINDS = {
+    "attentive": "attentive probe",
+    "linear": "linear probe",
+    "finetuned": "fine-tuned end to end",
+}
 _MIN_SIZE = (320, 240)
 _DPI = 100
 
@@ -428,7 +432,7 @@ def probe_figure(
 ) -> Figure:
     """Grouped bars of held-out probe accuracies, one group per encoder.
 
-    ``probes`` is the quickstart report's: ``{encoder: {"attentive"|"linear":
+    ``probes`` is the quickstart report's: ``{encoder: {"attentive"|"linear"|"finetuned":
     {"heldout": fraction, ...}}}``, encoders ``pretrained``, ``random_init``,
     ``raw_pixels`` (others are drawn under their own names). A group's missing kind
     (raw pixels have no attentive probe) leaves no gap. Each bar carries its value.
@@ -456,7 +460,7 @@ def probe_figure(
         raise ValueError(f"probe_figure: no held-out accuracy in {sorted(map(str, probes))}")
     fig = _figure(_check_size(size, "probe_figure"))
     ax = fig.subplots()
-    width = 0.38
+    width = 0.76 / max(len(got) for _, got in groups)
     for k, (kind, label) in enumerate(_PROBE_KINDS.items()):
         xs, hs = [], []
         for g, (_, got) in enumerate(groups):
@@ -473,7 +477,7 @@ def probe_figure(
     ax.set_ylabel("held-out top-1 accuracy (%)")
     ax.grid(True, axis="y", alpha=0.3)
     ax.set_axisbelow(True)
-    fig.legend(loc="outside lower center", ncols=2, fontsize="small", frameon=False)
+    fig.legend(loc="outside lower center", ncols=3, fontsize="small", frameon=False)
     if title:
         ax.set_title(title)
     return fig

@@ -2,6 +2,8 @@
 
 ``get(name)`` returns the whole pre-training :class:`~aimv2.specs.ModelSpec` (encoder,
 the paper's decoder and objectives); ``.encoder`` is what a released checkpoint holds.
+The ``-lit`` names are :class:`~aimv2.specs.LiTSpec` two-tower models (their ``.encoder``
+is the image tower).
 
 Example:
     >>> from aimv2 import presets
@@ -33,7 +35,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
 _REGISTRY: dict[str, S.ModelSpec] = {}
 
 
-def register(name: str, spec: S.ModelSpec) -> None:
+def register(name: str, spec: S.ModelSpec | S.LiTSpec) -> None:
     """Add a named spec (a user's own variant, say) to :func:`get` and :func:`names`.
 
     Example:
@@ -41,8 +43,8 @@ def register(name: str, spec: S.ModelSpec) -> None:
         >>> "my-variant" in names()
         True
     """
-    if not isinstance(spec, S.ModelSpec):
-        raise TypeError(f"spec: expected a ModelSpec, got {type(spec).__name__}")
+    if not isinstance(spec, (S.ModelSpec, S.LiTSpec)):
+        raise TypeError(f"spec: expected a ModelSpec or a LiTSpec, got {type(spec).__name__}")
     if spec.name != name:
         spec = spec.replace(name=name)
     _REGISTRY[name] = spec
@@ -58,7 +60,7 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get(name: str) -> S.ModelSpec:
+def get(name: str) -> S.ModelSpec | S.LiTSpec:
     """The whole-model spec named ``name``; unknown names get close matches suggested.
 
     Example:
@@ -185,5 +187,28 @@ def _register_small() -> None:
     # fmt: on
 
 
+def _register_lit() -> None:
+    # The released LiT model (AIMV2.md §5b): AIMv2-L with its 8-head pooling head, a
+    # 768-wide 12-block causal text tower (CLIP BPE: vocab 49,408, eos = pad = 49,407).
+    large = encoder_spec(1024, 24, 8, 14, 224, head=True)
+    text = S.text_encoder_spec(768, 12, 6, vocab_size=49408, context_length=77)
+    name = "aimv2-large-patch14-224-lit"
+    register(name, S.lit_spec(large, text, 768, name=name))
+    # Small ones use this library's SentencePiece tokenizers (pad 0, unk 1, eos 2).
+    # fmt: off
+    tiny = S.text_encoder_spec(32, 2, 2, vocab_size=64, eos_id=2, context_length=16,
+                               mlp_hidden=64)
+    register("aimv2-lit-test-tiny",
+             S.lit_spec(get("aimv2-test-tiny").encoder, tiny, 24, name="aimv2-lit-test-tiny"))
+    # The main job's: the digits encoder, a 2-block 64-wide text tower.
+    small = S.text_encoder_spec(64, 2, 2, vocab_size=512, eos_id=2, context_length=24,
+                                mlp_hidden=128)
+    register("aimv2-lit-small-patch4-16",
+             S.lit_spec(get("aimv2-small-patch4-16").encoder, small, 64,
+                        name="aimv2-lit-small-patch4-16"))
+    # fmt: on
+
+
 _register_released()
 _register_small()
+_register_lit()

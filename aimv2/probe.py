@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,15 @@ import numpy as np
 from . import atomic
 from . import specs as S
 from .backend import backend_of, build, get_weights, load_backend
+from .inputs import intermediate_indices
 from .optim import OptimConfig, lr_at
 from .progress import Progress
 
 __all__ = [
     "ProbeConfig",
+    "POOLS",
     "extract_features",
+    "check_extract_options",
     "source_features",
     "standardize",
     "fit_and_score",
@@ -65,7 +69,13 @@ class ProbeConfig:
     normalize: bool = field(
         default=True, metadata={"help": "standardize features per channel (train statistics)"}
     )
-    blocks: int = field(default=1, metadata={"help": "average the outputs of the last k blocks"})
+    blocks: int = field(
+        default=1,
+        metadata={
+            "help": "probe the mean of the last k blocks' outputs (AIMv1's layer averaging); "
+            "1: the encoder output"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "probe initialization and batch order"})
 
     def __post_init__(self) -> None:
@@ -75,40 +85,109 @@ class ProbeConfig:
                 raise ValueError(f"ProbeConfig.{name}={value!r}: expected a positive integer")
 
 
-def extract_features(
-    model: Any, images: np.ndarray, batch_size: int = 64, blocks: int = 1
-) -> np.ndarray:
-    """Frozen encoder features (B, N, D) float32 for a NumPy batch of images.
+POOLS = ("none", "mean", "attn", "mean-last-n")
 
-    ``blocks=1`` is the encoder output (after the final norm); ``blocks=k`` averages
-    the outputs of the last k blocks (before the final norm).
+
+def extract_features(
+    model: Any,
+    images: np.ndarray,
+    batch_size: int = 64,
+    blocks: int | Sequence[int] | None = None,
+    *,
+    pool: str = "none",
+    layout: str = "nlc",
+    norm: bool = False,
+) -> np.ndarray:
+    """Frozen encoder features of a NumPy batch of images, as float32.
+
+    ``blocks=None``: the encoder output (after the final norm), (B, N, D). Otherwise the
+    outputs of trunk blocks (``model.forward_intermediates``; before the final norm
+    unless ``norm``): an int n takes the last n, a sequence those blocks (negative from
+    the end), stacked in block order as (B, K, N, D). ``pool``: ``"none"`` keeps the
+    tokens, ``"mean"`` averages them, ``"attn"`` runs the encoder's attention-pooling
+    head, ``"mean-last-n"`` averages the chosen blocks into one (B, N, D) (AIMv1's
+    layer averaging). ``layout="nchw"`` returns tokens as maps (…, D, rows, cols).
 
     Example:
         >>> import aimv2
-        >>> spec = aimv2.encoder_spec(width=16, depth=2, heads=2, patch_size=4, image_size=8,
+        >>> spec = aimv2.encoder_spec(width=16, depth=3, heads=2, patch_size=4, image_size=8,
         ...                           mlp_hidden=32)
         >>> m = aimv2.build(spec, "torch")
-        >>> extract_features(m, np.zeros((3, 3, 8, 8), np.float32), batch_size=2).shape
+        >>> x = np.zeros((3, 3, 8, 8), np.float32)
+        >>> extract_features(m, x, batch_size=2).shape
+        (3, 4, 16)
+        >>> extract_features(m, x, blocks=[-1, 0], layout="nchw").shape
+        (3, 2, 16, 2, 2)
+        >>> extract_features(m, x, blocks=2, pool="mean-last-n").shape
         (3, 4, 16)
     """
     be = backend_of(model)
     images = np.asarray(images)
     if images.ndim != 4:
         raise ValueError(f"images: expected (B, C, H, W), got shape {images.shape}")
-    depth = model.spec.depth if hasattr(model.spec, "depth") else 1
-    if not 1 <= blocks <= depth:
-        raise ValueError(f"blocks={blocks}: expected 1..{depth} (the encoder's depth)")
+    spec = model.spec
+    check_extract_options(spec, blocks, pool, layout)
     out = []
     for i in range(0, len(images), batch_size):
         x = be.to_model(model, images[i : i + batch_size])
         with be.inference():
-            if blocks == 1:
-                feats = be.to_numpy(model(x))
+            if blocks is None:
+                feats = [model(x)]
             else:
-                _, per_block = model(x, return_blocks=True)
-                feats = np.mean([be.to_numpy(b) for b in per_block[-blocks:]], axis=0)
-        out.append(feats.astype(np.float32))
-    return np.concatenate(out, axis=0)
+                _, feats = model.forward_intermediates(x, indices=blocks, norm=norm)
+            if pool == "attn":
+                feats = [model.head(f) for f in feats]
+            arrays = np.stack([be.to_numpy(f) for f in feats], axis=1)
+        if pool == "mean":
+            arrays = arrays.mean(axis=2)
+        elif pool == "mean-last-n":
+            arrays = arrays.mean(axis=1, keepdims=True)
+        if blocks is None or pool == "mean-last-n":
+            arrays = arrays[:, 0]
+        out.append(arrays.astype(np.float32))
+    feats_all = np.concatenate(out, axis=0)
+    if layout == "nchw" and pool in ("none", "mean-last-n"):
+        p = spec.patch_size
+        rows, cols = images.shape[-2] // p, images.shape[-1] // p
+        feats_all = np.moveaxis(feats_all.reshape(*feats_all.shape[:-2], rows, cols, -1), -1, -3)
+    return feats_all
+
+
+def check_extract_options(spec: Any, blocks: Any, pool: str, layout: str) -> None:
+    """Refuse a bad :func:`extract_features` request before any image is read.
+
+    Example:
+        >>> import aimv2
+        >>> spec = aimv2.encoder_spec(width=8, depth=2, heads=2, patch_size=4, image_size=8)
+        >>> check_extract_options(spec, None, "attn", "nlc")
+        Traceback (most recent call last):
+        ...
+        ValueError: pool='attn': needs an encoder with an attention-pooling head (e.g. the -lit checkpoint)
+    """
+    if pool not in POOLS:
+        raise ValueError(f"pool={pool!r}: expected one of {POOLS}")
+    if layout not in ("nlc", "nchw"):
+        raise ValueError(f"layout={layout!r}: expected 'nlc' or 'nchw'")
+    if pool == "mean-last-n" and blocks is None:
+        raise ValueError("pool='mean-last-n': give the blocks to average (blocks=n or indices)")
+    if pool == "attn" and getattr(spec, "head", None) is None:
+        raise ValueError(
+            "pool='attn': needs an encoder with an attention-pooling head (e.g. the -lit "
+            "checkpoint)"
+        )
+    if blocks is not None:
+        intermediate_indices(spec.depth, blocks)
+
+
+def _probe_features(model: Any, images: np.ndarray, batch_size: int, blocks: int) -> np.ndarray:
+    """A probe's features: the encoder output (``blocks=1``) or the mean of the last
+    ``blocks`` block outputs (before the final norm)."""
+    if blocks == 1:
+        return extract_features(model, images, batch_size)
+    depth = model.spec.depth
+    if not 1 <= blocks <= depth:
+        raise ValueError(f"blocks={blocks}: expected 1..{depth} (the encoder's depth)")
+    return extract_features(model, images, batch_size, blocks, pool="mean-last-n")
 
 
 def _cache_key(model: Any, source: Any, split: str, blocks: int) -> str:
@@ -166,7 +245,7 @@ def source_features(
         total = None
     with Progress(total, f"features {split}", unit="images", enabled=progress) as shown:
         for batch in loader:
-            feats.append(extract_features(model, batch["images"], batch_size, blocks))
+            feats.append(_probe_features(model, batch["images"], batch_size, blocks))
             labels.append(batch["labels"])
             shown.update(len(batch["labels"]))
     if not feats:

@@ -3,18 +3,25 @@ pre-training bought with the paper's frozen-trunk probes.
 
 It reports the attentive and linear probe accuracies of the pre-trained encoder, of the
 same architecture at random initialization (same seed), and of a linear classifier on
-the raw preprocessed pixels, with the losses and wall time, to the console,
-``OUT/report.md`` (with the loss curves, ``loss.png``, and a bar chart of the probe
-accuracies, ``probes.png``) and ``OUT/report.json``.
+the raw preprocessed pixels; then both encoders fine-tuned end to end on the digits'
+training split (attentive head, layer-wise lr decay, :mod:`aimv2.finetune`); with the
+losses and wall time, to the console, ``OUT/report.md`` (with the loss curves,
+``loss.png``, and a bar chart of the accuracies, ``probes.png``) and ``OUT/report.json``.
+
+Then the zero-shot line: each of the two encoders, locked, gets a small text tower
+LiT-tuned on the same captions (``aimv2-lit-small-patch4-16``: an attention-pooling head,
+a 2-block text tower, the contrastive loss), and the held-out digits are classified with
+class-name prompts only — what pre-training buys the text side too.
 
 Horizontal flips are off for digits (a flipped 2 is not a 2) and crops keep ≥ 60% of
 the area; everything else is the paper's recipe scaled down.
 
 Example:
     >>> import tempfile
-    >>> r = run(tempfile.mkdtemp(), steps=2, batch_size=8, probe_epochs=1, progress=False)
-    >>> sorted(r["probes"])
-    ['pretrained', 'random_init', 'raw_pixels']
+    >>> r = run(tempfile.mkdtemp(), steps=2, batch_size=8, probe_epochs=1, progress=False,
+    ...         finetune_epochs=0.05, lit_steps=2)
+    >>> sorted(r["probes"]), sorted(r["finetune"]), sorted(r["zero_shot"]["top1"])
+    (['pretrained', 'random_init', 'raw_pixels'], ['pretrained', 'random_init'])
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from typing import Any
 
 from . import atomic, checkpoint
 from .backend import build
+from .finetune import FinetuneConfig, finetune
+from .lit import LitConfig, evaluate_zero_shot, lit_train, load_lit
 from .plot import plot_metrics, plot_probes
 from .probe import ProbeConfig, fit_and_score, probe_encoder, raw_pixel_features, standardize
 from .training import PretrainConfig, pretrain
@@ -33,6 +42,19 @@ __all__ = ["run", "format_report"]
 
 DATA = "builtin:digits"
 PRESET = "aimv2-small-patch4-16"
+# Fine-tuning recipe for the digits (both encoders alike): see FINETUNE_EPOCHS.
+FINETUNE = {"lr": 1e-3, "layer_decay": 0.75, "label_smoothing": 0.1, "batch_size": 64}
+FINETUNE_EPOCHS = 15.0
+
+LIT_PRESET = "aimv2-lit-small-patch4-16"
+CLASS_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+# prompts in the words of the digit captions, with the class name in place of the digit
+TEMPLATES = (
+    "a handwritten digit {}",
+    "a scanned image of the digit {}",
+    "a blurry handwritten number {}",
+    "an 8 by 8 pixel image of the digit {}",
+)
 
 
 def run(
@@ -43,11 +65,17 @@ def run(
     batch_size: int = 64,
     seed: int = 0,
     probe_epochs: int = 100,
+    lit_steps: int = 300,
+    lit_batch_size: int = 128,
     progress: bool = True,
+    finetune_epochs: float = FINETUNE_EPOCHS,
 ) -> dict[str, Any]:
-    """Pre-train, probe three ways, write the report; returns the report dict.
+    """Pre-train, probe three ways, fine-tune two ways, LiT-tune a text tower on each
+    encoder and classify the held-out digits zero-shot, write the report; returns the
+    report dict. ``finetune_epochs=0`` skips the fine-tuning, ``lit_steps=0`` the LiT.
 
-    Re-running with the same ``out`` resumes (or reuses) the pre-training run.
+    Re-running with the same ``out`` resumes (or reuses) the pre-training, fine-tuning and
+    LiT runs.
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
@@ -86,15 +114,80 @@ def run(
     tx, vx = standardize(tx, vx)
     raw = fit_and_score(tx, ty, vx, vy, "linear", backend, pcfg, 10, progress=progress)
     probes["raw_pixels"] = {"linear": {"train": raw["train"], "heldout": raw["heldout"]}}
+    zero_shot: dict[str, Any] | None = None
+    if lit_steps > 0:
+        t_lit = time.perf_counter()
+        encoders = {"pretrained": str(checkpoint.latest(run_dir)), "random_init": PRESET}
+        top1, lit_runs = {}, {}
+        for key, image_encoder in encoders.items():
+            lit_dir = out_dir / f"lit-{key}"
+            lit_runs[key] = lit_train(
+                LitConfig(
+                    out=str(lit_dir),
+                    preset=LIT_PRESET,
+                    image_encoder=image_encoder,
+                    data=DATA,
+                    backend=backend,
+                    steps=lit_steps,
+                    batch_size=lit_batch_size,
+                    seed=seed,
+                    save_every=lit_steps,
+                    log_every=max(lit_steps // 50, 1),
+                    progress=progress,
+                    resume=checkpoint.latest(lit_dir) is not None,
+                )
+            )
+            zs = evaluate_zero_shot(load_lit(lit_dir, backend), DATA, CLASS_NAMES, TEMPLATES)
+            top1[key] = zs["top1"]
+        zero_shot = {
+            "top1": top1,
+            "chance": 1 / len(CLASS_NAMES),
+            "classes": list(CLASS_NAMES),
+            "templates": list(TEMPLATES),
+            "preset": LIT_PRESET,
+            "steps": lit_steps,
+            "batch_size": lit_batch_size,
+            "final_loss": {k: r["final"].get("loss") for k, r in lit_runs.items()},
+            "lit_s": time.perf_counter() - t_lit,
+        }
     probe_table = {
         k: {kind: v[kind] for kind in ("attentive", "linear") if kind in v}
         for k, v in probes.items()
+    }
+    t_ft = time.perf_counter()
+    tuned: dict[str, Any] = {}
+    if finetune_epochs > 0:
+        start = {"pretrained": {"checkpoint": str(run_dir)}, "random_init": {"preset": PRESET}}
+        for name, source in start.items():
+            ft_dir = out_dir / f"finetune-{name}"
+            cfg_ft = FinetuneConfig(
+                out=str(ft_dir),
+                **source,
+                data=DATA,
+                backend=backend,
+                epochs=finetune_epochs,
+                seed=seed,
+                hflip=False,
+                crop_scale=(0.6, 1.0),
+                progress=progress,
+                resume=checkpoint.latest(ft_dir) is not None,
+                **FINETUNE,
+            )
+            res = finetune(cfg_ft)
+            tuned[name] = {
+                "train": res.get("train_accuracy"),
+                "heldout": res.get("heldout_accuracy"),
+                "steps": res["steps"],
+            }
+    t_ft = time.perf_counter() - t_ft
+    bars = {
+        k: {**v, **({"finetuned": tuned[k]} if k in tuned else {})} for k, v in probe_table.items()
     }
     try:
         plot = str(plot_metrics(run_dir, out_dir / "loss.png", title="AIMv2 pre-training"))
     except (ValueError, FileNotFoundError):  # a resumed run that logged no rows
         plot = None
-    probe_plot = str(plot_probes(probe_table, out_dir / "probes.png"))
+    probe_plot = str(plot_probes(bars, out_dir / "probes.png", title="Held-out accuracy"))
     report = {
         "data": DATA,
         "preset": PRESET,
@@ -106,7 +199,11 @@ def run(
         "heldout_caption_loss": trained.get("heldout_text_loss"),
         "heldout_caption_loss_blank_image": trained.get("heldout_text_loss_blank_image"),
         "probes": probe_table,
+        "finetune": tuned,
+        "finetune_epochs": finetune_epochs,
+        "zero_shot": zero_shot,
         "pretrain_s": t_pre,
+        "finetune_s": t_ft,
         "wall_s": time.perf_counter() - t0,
         "loss_plot": plot,
         "probe_plot": probe_plot,
@@ -151,6 +248,38 @@ def format_report(r: dict[str, Any]) -> str:
             f"| {label} | {_pct(att.get('heldout'))} | {_pct(lin.get('heldout'))} | "
             f"{_pct(att.get('train'))} / {_pct(lin.get('train'))} |"
         )
+    tuned = r.get("finetune") or {}
+    if tuned:
+        lines += [
+            "",
+            f"Fine-tuned end to end on the training split ({r.get('finetune_epochs'):g} epochs, "
+            "attentive head, layer-wise lr decay):",
+            "",
+            "| encoder | fine-tuned (held-out) | train | its frozen attentive probe (held-out) |",
+            "|---|---|---|---|",
+        ]
+        for key in ("pretrained", "random_init"):
+            if key in tuned:
+                probe = r["probes"].get(key, {}).get("attentive", {})
+                lines.append(
+                    f"| {names[key]} | {_pct(tuned[key].get('heldout'))} | "
+                    f"{_pct(tuned[key].get('train'))} | {_pct(probe.get('heldout'))} |"
+                )
+    zs = r.get("zero_shot")
+    if zs:
+        t = zs["top1"]
+        lines += [
+            "",
+            f"Zero-shot on the held-out digits (a {zs['steps']}-step LiT text tower per locked "
+            f"encoder, prompts like “{zs['templates'][0].format('seven')}”, "
+            f"{len(zs['templates'])} templates averaged):",
+            "",
+            "| image tower | zero-shot top-1 (held-out) |",
+            "|---|---|",
+            f"| AIMv2 pre-trained | {_pct(t.get('pretrained'))} |",
+            f"| same architecture, random init | {_pct(t.get('random_init'))} |",
+            f"| chance | {_pct(zs.get('chance'))} |",
+        ]
     fl = r.get("final_loss", {})
     if fl.get("loss") is not None:
         lines += [
@@ -164,7 +293,12 @@ def format_report(r: dict[str, Any]) -> str:
             f"{r['heldout_caption_loss_blank_image']:.4f} with a blank image."
         )
     if r.get("wall_s") is not None:
-        lines.append(f"Wall time {r['wall_s']:.0f} s (pre-training {r['pretrain_s']:.0f} s).")
+        extra = [
+            f"fine-tuning {r['finetune_s']:.0f} s" if r.get("finetune_s") else "",
+            f"LiT {zs['lit_s']:.0f} s" if zs and zs.get("lit_s") is not None else "",
+        ]
+        more = "".join(f", {e}" for e in extra if e)
+        lines.append(f"Wall time {r['wall_s']:.0f} s (pre-training {r['pretrain_s']:.0f} s{more}).")
     if r.get("loss_plot"):
         lines += ["", "![loss curves](loss.png)"]
     if r.get("probe_plot"):

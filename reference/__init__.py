@@ -11,8 +11,11 @@ matching backend module's call.
 - :mod:`aimv2.reference.ops`: NumPy building blocks (linear, softmax, attention, erf).
 - :mod:`aimv2.reference.layers`: the built-in layers.
 - :mod:`aimv2.reference.models`: encoder, decoder, pre-training model.
+- :mod:`aimv2.reference.lit`: text encoder, LiT two-tower model, contrastive loss.
 - :mod:`aimv2.reference.losses`: the pixel and text objectives.
 - :mod:`aimv2.reference.optim`: AdamW with AIMv2's semantics.
+- :mod:`aimv2.reference.downstream`: resampled positions, LoRA, the mean-pool head and
+  the classification loss.
 
 Example:
     >>> import numpy as np, aimv2
@@ -32,9 +35,11 @@ from aimv2 import specs as S
 from aimv2.weights import check_weights
 
 from . import ops
+from .downstream import classification_loss, lora, lora_merged, mean_pool, resampled_pos_embed
 from .layers import attention, attn_pool, block, ffn, norm, patch_embed, pos_embed, probe, trunk
+from .lit import contrastive_loss, first_eos, image_embeds, lit, text_embeds, text_encoder
 from .losses import pixel_loss, text_loss
-from .models import decoder, encoder, encoder_mask, model
+from .models import decoder, encoder, encoder_mask, forward_intermediates, model
 from .ops import Weights, sub
 from .optim import adamw_step
 from .registry import REGISTRY, apply, realizes
@@ -58,10 +63,22 @@ __all__ = [
     "probe",
     "encoder_mask",
     "encoder",
+    "forward_intermediates",
     "decoder",
     "model",
     "pixel_loss",
     "text_loss",
+    "resampled_pos_embed",
+    "lora",
+    "lora_merged",
+    "mean_pool",
+    "classification_loss",
+    "text_encoder",
+    "lit",
+    "image_embeds",
+    "text_embeds",
+    "first_eos",
+    "contrastive_loss",
 ]
 
 

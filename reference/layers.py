@@ -147,9 +147,16 @@ def block(spec: S.BlockSpec, w: Weights, x: np.ndarray, mask: Any = None) -> np.
 
 @realizes(S.TrunkSpec)
 def trunk(
-    spec: S.TrunkSpec, w: Weights, x: np.ndarray, mask: Any = None, return_blocks: bool = False
+    spec: S.TrunkSpec,
+    w: Weights,
+    x: np.ndarray,
+    mask: Any = None,
+    return_blocks: bool = False,
+    num_blocks: int | None = None,
 ) -> Any:
     """Blocks then the final norm; with ``return_blocks`` also each block's output.
+    ``num_blocks`` runs only the first that many blocks (the final norm then follows the
+    last one run).
 
     Example:
         >>> from aimv2.weights import init_weights
@@ -160,7 +167,7 @@ def trunk(
     """
     x = f64(x)
     outs = []
-    for i in range(spec.depth):
+    for i in range(spec.depth if num_blocks is None else num_blocks):
         x = apply(spec.block, sub(w, f"blocks.{i}."), x, mask)
         outs.append(x)
     y = apply(spec.final_norm_spec, sub(w, "post_trunk_norm."), x)

@@ -17,13 +17,13 @@ import numpy as np
 
 from aimv2 import masks
 from aimv2 import specs as S
-from aimv2.inputs import check_features, check_tokens
+from aimv2.inputs import check_features, check_layout, check_tokens, intermediate_indices
 
 from .losses import pixel_loss, text_loss
 from .ops import Weights, f64, linear, sub
 from .registry import apply, realizes
 
-__all__ = ["encoder_mask", "encoder", "decoder", "model"]
+__all__ = ["encoder_mask", "encoder", "forward_intermediates", "decoder", "model"]
 
 
 def encoder_mask(spec: S.EncoderSpec, prefix_len: Any, batch: int, n: int) -> Any:
@@ -45,8 +45,10 @@ def encoder(
     images: np.ndarray,
     prefix_len: Any = None,
     return_blocks: bool = False,
+    pool: bool = False,
 ) -> Any:
-    """The vision encoder: (B, C, H, W) → (B, N, D) after the final norm.
+    """The vision encoder: (B, C, H, W) → (B, N, D) after the final norm; ``pool=True``
+    returns the head's output on it instead (B, out_dim).
 
     Example:
         >>> from aimv2.weights import init_weights
@@ -54,6 +56,19 @@ def encoder(
         >>> encoder(spec, init_weights(spec), np.zeros((1, 3, 4, 4)), prefix_len=1).shape
         (1, 4, 8)
     """
+    x, mask, _ = _embed(spec, w, images, prefix_len)
+    out = apply(spec.trunk, sub(w, "trunk."), x, mask, return_blocks=return_blocks)
+    if not pool:
+        return out
+    if spec.head is None:
+        raise ValueError("pool=True: this encoder has no head (spec.head is None)")
+    feats = out[0] if return_blocks else out
+    pooled = apply(spec.head, sub(w, "head."), feats)
+    return (pooled, out[1]) if return_blocks else pooled
+
+
+def _embed(spec: S.EncoderSpec, w: Weights, images: Any, prefix_len: Any) -> tuple:
+    """Validated images → (trunk input (B, N, D), mask or None, patch grid)."""
     raw = np.asarray(images)
     finite = raw.dtype.kind != "f" or bool(np.isfinite(raw).all())
     max_abs = float(np.abs(raw).max()) if raw.dtype.kind == "f" and raw.size and finite else None
@@ -61,8 +76,51 @@ def encoder(
     images = f64(raw)
     x = apply(spec.patchifier, sub(w, "preprocessor.patchifier."), images)
     x = apply(spec.pos_embed, sub(w, "preprocessor."), x, grid=grid)
-    mask = encoder_mask(spec, prefix_len, images.shape[0], x.shape[1])
-    return apply(spec.trunk, sub(w, "trunk."), x, mask, return_blocks=return_blocks)
+    return x, encoder_mask(spec, prefix_len, images.shape[0], x.shape[1]), grid
+
+
+def forward_intermediates(
+    spec: S.EncoderSpec,
+    w: Weights,
+    images: np.ndarray,
+    indices: Any = None,
+    norm: bool = False,
+    output: str = "NLC",
+    stop_early: bool = True,
+    prefix_len: Any = None,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(final features (B, N, D), the outputs of the blocks ``indices`` names, in block
+    order): timm's feature API.
+
+    ``indices``: None (every block), n (the last n) or block numbers (negative from the
+    end); ``norm``: pass each through the final norm; ``output``: ``"NLC"`` tokens or
+    ``"NCHW"`` maps (B, D, rows, cols); ``stop_early``: run no block after the last one
+    asked for, the final features then being the final norm of that block's output (as
+    timm does).
+
+    Example:
+        >>> from aimv2.weights import init_weights
+        >>> spec = S.encoder_spec(width=8, depth=3, heads=2, patch_size=2, image_size=4)
+        >>> y, inter = forward_intermediates(spec, init_weights(spec), np.zeros((1, 3, 4, 4)),
+        ...                                  indices=[0, -1], output="NCHW")
+        >>> y.shape, [t.shape for t in inter]
+        ((1, 4, 8), [(1, 8, 2, 2), (1, 8, 2, 2)])
+    """
+    take = intermediate_indices(spec.depth, indices)
+    layout = check_layout(output)
+    x, mask, grid = _embed(spec, w, images, prefix_len)
+    tw = sub(w, "trunk.")
+    if stop_early and isinstance(spec.trunk, S.TrunkSpec):  # a user trunk runs whole
+        final, blocks = apply(spec.trunk, tw, x, mask, return_blocks=True, num_blocks=take[-1] + 1)
+    else:
+        final, blocks = apply(spec.trunk, tw, x, mask, return_blocks=True)
+    picked = [blocks[i] for i in take]
+    if norm:
+        final_norm = spec.trunk.final_norm_spec
+        picked = [apply(final_norm, sub(tw, "post_trunk_norm."), t) for t in picked]
+    if layout == "NCHW":
+        picked = [t.reshape(t.shape[0], *grid, t.shape[-1]).transpose(0, 3, 1, 2) for t in picked]
+    return final, picked
 
 
 @realizes(S.DecoderSpec)

@@ -204,8 +204,10 @@ def test_bf16_checkpoint_loads_exactly_and_casts(tf_models, backend):
 
 
 def test_full_aimv2_model_folder_loads_its_vision_tower(hf, tmp_path):
-    """A transformers ``Aimv2Model`` (vision + text towers): ``vision_model.*`` and the
-    nested ``vision_config`` are read, the text tower ignored."""
+    """A transformers ``Aimv2Model`` (vision + text towers) loads as a LiT model (see
+    tests/test_lit_formats.py); with an encoder ``preset`` only ``vision_model.*`` is read
+    (the nested ``vision_config`` gives its spec). Either way the image tower reproduces
+    transformers' vision model."""
     cfg = hf.Aimv2Config(
         vision_config=dict(
             hidden_size=64,
@@ -230,12 +232,18 @@ def test_full_aimv2_model_folder_loads_its_vision_tower(hf, tmp_path):
     _randomize(full, 9)
     full.save_pretrained(tmp_path)
     det = formats.detect(tmp_path)
-    assert (det.format, det.prefix, det.spec.depth) == ("transformers", "vision_model.", 1)
+    assert (det.format, det.prefix, det.spec.kind) == ("transformers", "", "lit")
+    vision = det.spec.image_encoder
+    assert vision.depth == 1 and vision.head.heads == 2
+    tower = formats.detect(tmp_path, preset=vision)
+    assert (tower.format, tower.prefix, tower.spec) == ("transformers", "vision_model.", vision)
     x = _images((1, 3, 28, 28))
     want = _hf_outputs(full.vision_model, x)
     for backend in aimv2.available_backends():
         model = formats.from_pretrained(tmp_path, backend=backend)
-        _assert_outputs(_forward(model, backend, x), want, f"Aimv2Model/{backend}")
+        _assert_outputs(_forward(model.image_encoder, backend, x), want, f"Aimv2Model/{backend}")
+        alone = formats.from_pretrained(tmp_path, backend=backend, preset=vision)
+        _assert_outputs(_forward(alone, backend, x), want, f"vision tower/{backend}")
 
 
 # ------------------------------------------------------------------- export -> import

@@ -297,7 +297,15 @@ assert not {{m.split(".")[0] for m in sys.modules}} & {{"torch", "mlx"}}
 def test_quickstart_report_links_the_loss_curves_and_the_probe_bars(tmp_path, capsys):
     from aimv2 import quickstart
 
-    r = quickstart.run(str(tmp_path), steps=4, batch_size=8, probe_epochs=1, progress=True)
+    r = quickstart.run(
+        str(tmp_path),
+        steps=4,
+        batch_size=8,
+        probe_epochs=1,
+        progress=True,
+        finetune_epochs=0,
+        lit_steps=2,
+    )
     assert r["loss_plot"] == str(tmp_path / "loss.png")
     assert r["probe_plot"] == str(tmp_path / "probes.png")
     for name in ("loss.png", "probes.png"):

@@ -148,11 +148,26 @@ def test_quickstart_writes_a_report(tmp_path, backend):
     from aimv2 import quickstart
 
     r = quickstart.run(
-        str(tmp_path), backend=backend, steps=4, batch_size=8, probe_epochs=1, progress=False
+        str(tmp_path),
+        backend=backend,
+        steps=4,
+        batch_size=8,
+        probe_epochs=1,
+        progress=False,
+        finetune_epochs=0.05,
+        lit_steps=3,
     )
     text = (tmp_path / "report.md").read_text()
     assert "AIMv2 pre-trained" in text and "raw pixels" in text and "random init" in text
+    assert "| image tower | zero-shot top-1 (held-out) |" in text and "| chance | 10.0% |" in text
     data = json.loads((tmp_path / "report.json").read_text())
     assert set(data["probes"]) == {"pretrained", "random_init", "raw_pixels"}
+    assert set(data["finetune"]) == {"pretrained", "random_init"}
+    assert "Fine-tuned end to end" in text
+    assert (tmp_path / "finetune-pretrained" / "finetune.json").is_file()
+    zs = data["zero_shot"]
+    assert set(zs["top1"]) == {"pretrained", "random_init"} and zs["steps"] == 3
+    assert all(0.0 <= v <= 1.0 for v in zs["top1"].values())
+    assert (tmp_path / "lit-pretrained" / "ckpt-00000003").is_dir()
     assert (tmp_path / "loss.png").exists()
     assert r["heldout_caption_loss"] is not None

@@ -3,6 +3,8 @@
 - :mod:`aimv2.cli.tools`: ``presets``, ``parity``.
 - :mod:`aimv2.cli.train`: ``pretrain``, ``tokenizer train``, ``plot``.
 - :mod:`aimv2.cli.evaluate`: ``quickstart``, ``probe``, ``extract``.
+- :mod:`aimv2.cli.finetune`: ``finetune``.
+- :mod:`aimv2.cli.lit`: ``lit``, ``zeroshot``, ``retrieval``.
 - ``convert`` (:mod:`aimv2.formats.command`) and ``bench`` (:mod:`aimv2.bench.command`).
 
 Example:
@@ -20,7 +22,7 @@ import sys
 from .. import blas
 from ..bench import add_bench_parser
 from ..formats import add_convert_parser
-from . import evaluate, tools, train
+from . import evaluate, finetune, lit, tools, train
 from .common import USER_ERRORS, load_encoder, load_spec, one_line
 
 __all__ = ["main", "build_parser", "mlx_only", "load_spec", "load_encoder", "one_line"]
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     tools.add_parsers(sub)
     train.add_parsers(sub)
     evaluate.add_parsers(sub)
+    finetune.add_parsers(sub)
+    lit.add_parsers(sub)
     add_convert_parser(sub)
     add_bench_parser(sub)
     return parser
@@ -113,7 +117,16 @@ def mlx_only(args: argparse.Namespace) -> bool:
     """
     if args.command == "parity":
         return args.backend is not None and set(args.backend) == {"mlx"}
-    if args.command in ("pretrain", "quickstart", "probe", "extract"):
+    if args.command in (
+        "pretrain",
+        "finetune",
+        "quickstart",
+        "probe",
+        "extract",
+        "lit",
+        "zeroshot",
+        "retrieval",
+    ):
         return args.backend == "mlx"
     return False
 

@@ -13,9 +13,10 @@ from typing import Any
 from .. import checkpoint
 from ..backend import BackendUnavailable, build
 from ..distributed import DistributedError
-from ..formats import from_pretrained
+from ..formats import detect, from_pretrained
 from ..presets import load_spec
-from ..specs import RealizationError
+from ..resize import resize_encoder
+from ..specs import LiTSpec, RealizationError
 from ..training import TrainingError
 
 __all__ = ["load_spec", "load_encoder", "USER_ERRORS", "one_line"]
@@ -49,10 +50,11 @@ def one_line(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-def load_encoder(path: str, backend: str) -> Any:
+def load_encoder(path: str, backend: str, image_size: Any = None) -> Any:
     """An encoder module from a checkpoint directory, a run directory (its newest
-    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads; errors name
-    ``--checkpoint``.
+    checkpoint) or any weights format :func:`aimv2.from_pretrained` reads (of a LiT
+    model, its image tower); with ``image_size``, resized to it
+    (:func:`aimv2.resize_encoder`); errors name ``--checkpoint``.
 
     Example:
         >>> load_encoder("/nonexistent", "torch")
@@ -66,8 +68,16 @@ def load_encoder(path: str, backend: str) -> Any:
     ck_dir = checkpoint.latest(p) if p.is_dir() and not (p / "state.json").exists() else p
     if ck_dir is not None and (Path(ck_dir) / "state.json").exists():
         spec, weights = checkpoint.encoder_of(checkpoint.load(ck_dir, optimizer=False))
+        if image_size is not None:
+            try:
+                spec, weights = resize_encoder(spec, weights, image_size)
+            except (ValueError, TypeError) as err:
+                raise ValueError(f"--image-size {image_size!r}: {one_line(err)}") from None
         return build(spec, backend, weights=weights)
     try:
-        return from_pretrained(path, backend=backend)
-    except (ValueError, KeyError) as err:
+        found = detect(path).spec
+        # a LiT model's image tower (with its pooling head) is the encoder
+        preset = found.image_encoder if isinstance(found, LiTSpec) else None
+        return from_pretrained(path, backend=backend, preset=preset, image_size=image_size)
+    except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--checkpoint {path!r}: {one_line(err)}") from None

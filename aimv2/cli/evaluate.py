@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from .. import atomic
-from ..backend import BACKENDS, backend_of, build
+from ..backend import BACKENDS, build
 from ..data import preprocess
 from ..flags import Flag, add_config_flags, config_from_args
-from ..probe import ProbeConfig, extract_features, probe_encoder
+from ..probe import POOLS, ProbeConfig, check_extract_options, extract_features, probe_encoder
 from ..progress import Progress
-from ..quickstart import format_report, run
+from ..quickstart import FINETUNE_EPOCHS, format_report, run
 from .common import load_encoder, load_spec
 
 __all__ = ["add_parsers"]
@@ -74,7 +74,16 @@ def _cmd_probe(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
-    encoder = load_encoder(args.checkpoint, args.backend)
+    if args.blocks is not None and args.last_blocks is not None:
+        print("aimv2 extract: give --blocks or --last-blocks, not both", file=sys.stderr)
+        return 2
+    blocks = args.blocks if args.blocks is not None else args.last_blocks
+    size = args.image_size
+    if size is not None and len(size) > 2:
+        print("aimv2 extract: --image-size takes H or H W", file=sys.stderr)
+        return 2
+    size = None if size is None else (size[0], size[-1])
+    encoder = load_encoder(args.checkpoint, args.backend, size)
     p = Path(args.images)
     if p.is_dir():
         files = sorted(
@@ -87,26 +96,17 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     if not files:
         print(f"aimv2 extract: --images {args.images!r} matches no image files", file=sys.stderr)
         return 2
-    be = backend_of(encoder)
+    try:  # a bad selection or pooling fails before any image is read
+        check_extract_options(encoder.spec, blocks, args.pool, args.layout)
+    except (ValueError, TypeError) as err:
+        print(f"aimv2 extract: {err}", file=sys.stderr)
+        return 2
+    options = {"pool": args.pool, "layout": args.layout, "norm": args.norm}
     chunks = []
     shown = Progress(len(files), "extract", unit="images", enabled=not args.quiet)
     for i in range(0, len(files), args.batch_size):
-        feats = extract_features(
-            encoder, preprocess(files[i : i + args.batch_size], encoder.spec), args.batch_size
-        )
-        if args.pool == "mean":
-            feats = feats.mean(axis=1)
-        elif args.pool == "attn":
-            if getattr(encoder.spec, "head", None) is None:
-                shown.close()
-                print(
-                    "aimv2 extract: --pool attn needs an encoder with an attention-pooling "
-                    "head (e.g. the -lit checkpoint)",
-                    file=sys.stderr,
-                )
-                return 2
-            feats = be.to_numpy(encoder.head(be.to_model(encoder, feats)))
-        chunks.append(feats)
+        images = preprocess(files[i : i + args.batch_size], encoder.spec)
+        chunks.append(extract_features(encoder, images, args.batch_size, blocks, **options))
         shown.moveto(min(i + args.batch_size, len(files)))  # closes itself at the end
     out = np.concatenate(chunks)
     target = args.out if args.out.endswith(".npy") else args.out + ".npy"  # as np.save names it
@@ -125,7 +125,9 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         probe_epochs=args.probe_epochs,
+        lit_steps=args.lit_steps,
         progress=not args.quiet,
+        finetune_epochs=args.finetune_epochs,
     )
     print(format_report(report))
     print(f"report: {Path(args.out) / 'report.md'}")
@@ -147,6 +149,13 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--probe-epochs", type=int, default=100)
+    p.add_argument(
+        "--finetune-epochs",
+        type=float,
+        default=FINETUNE_EPOCHS,
+        help=f"epochs of each fine-tuning run (0: none; default {FINETUNE_EPOCHS:g})",
+    )
+    p.add_argument("--lit-steps", type=int, default=300, help="LiT steps per text tower")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_quickstart)
 
@@ -168,7 +177,27 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--images", required=True, help="a folder or a glob pattern")
     p.add_argument("--out", required=True, help="FILE.npy")
-    p.add_argument("--pool", choices=["none", "mean", "attn"], default="none")
+    p.add_argument(
+        "--blocks",
+        type=int,
+        nargs="+",
+        metavar="I",
+        help="trunk blocks to take (e.g. -1 -6 -12; negative from the end), saved in block "
+        "order as (B, K, ...); default: the encoder output",
+    )
+    p.add_argument("--last-blocks", type=int, metavar="N", help="the last N blocks")
+    p.add_argument(
+        "--pool",
+        choices=POOLS,
+        default="none",
+        help="none: tokens; mean: over tokens; attn: the encoder's head; mean-last-n: the "
+        "mean of the chosen blocks (AIMv1's layer averaging)",
+    )
+    p.add_argument("--layout", choices=["nlc", "nchw"], default="nlc", help="token layout")
+    p.add_argument("--norm", action="store_true", help="pass block outputs through the final norm")
+    p.add_argument(
+        "--image-size", type=int, nargs="+", metavar="PX", help="resize the encoder first (H [W])"
+    )
     p.add_argument("--backend", default="torch", choices=BACKENDS)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")

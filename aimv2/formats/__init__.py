@@ -13,6 +13,14 @@ official ``ml-aim`` names) to each format's names and layouts:
 - ``aimv2``: this library's own checkpoint directory (:mod:`aimv2.checkpoint`); of a
   pre-training checkpoint only the encoder (``encoder.*``) is read.
 
+The LiT two-tower model (``aimv2-large-patch14-224-lit``, :class:`~aimv2.specs.LiTSpec`)
+is read and written whole in the ``official`` and ``mlx`` layouts (``image_encoder.*``,
+``text_encoder.*``, ``image_projector.weight``, ``text_projector.weight``,
+``log_logit_scale``), as a transformers ``Aimv2Model`` folder (``vision_model.*``,
+``text_model.*``, ``visual_projection``, ``text_projection``, ``logit_scale``) and as an
+``aimv2`` checkpoint (:mod:`aimv2.formats.lit`); an encoder ``preset=`` reads its image
+tower alone.
+
 :func:`from_pretrained` detects the format from the tensor names themselves, takes the
 spec from (in order) ``preset=``, ``config.json``, a spec stored in the file, or the tensor
 shapes and AIMv2's conventions, checks every tensor name and shape *before* building
@@ -21,7 +29,8 @@ anything, then streams tensors into the module one at a time (through the backen
 any of the formats atomically, one tensor at a time. This package imports no framework.
 
 Modules: ``names`` (tensor names per format), ``store`` (safetensors files of a path),
-``configs`` (transformers / timm ``config.json``), ``infer`` (a spec from shapes),
+``configs`` (transformers / timm ``config.json``), ``infer`` (a spec from shapes), ``lit``
+(LiT layouts, their spec and ``Aimv2Config``),
 ``detect``, ``load``, ``writer`` (the streaming safetensors writer), ``export`` and
 ``command`` (``aimv2 convert``).
 

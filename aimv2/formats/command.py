@@ -14,9 +14,11 @@ import sys
 from typing import Any
 
 from .. import presets
+from .. import specs as S
 from ..backend import BACKENDS
 from .detect import detect
 from .export import convert
+from .lit import describe
 from .names import FORMATS, FormatError
 
 __all__ = ["add_convert_parser", "cmd_convert"]
@@ -81,6 +83,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"aimv2 convert: {err}", file=sys.stderr)
         return 2
     spec = det.spec
+    if isinstance(spec, S.LiTSpec):
+        print(f"{args.src} -> {out} ({det.format}): {describe(spec)}")
+        return 0
     size = "native" if spec.native else "x".join(map(str, spec.image_size))
     print(
         f"{args.src} -> {out} ({det.format}): width={spec.width} depth={spec.depth} "

@@ -31,7 +31,8 @@ from .. import specs as S
 from ..weights import parameters
 from .configs import folder_config
 from .infer import infer_spec
-from .names import ANCHORS, CONV, SPEC_KEY, FormatError, recipe, source_shapes
+from .lit import IMAGE_PREFIX, infer_lit_spec, lit_layout
+from .names import ANCHORS, CONV, LIT_ANCHORS, SPEC_KEY, FormatError, recipe, source_shapes
 from .store import Store, locate, read_json
 from .writer import ITEMSIZE
 
@@ -42,9 +43,9 @@ PathLike = str | os.PathLike
 
 @dataclass(frozen=True)
 class Detected:
-    """What a checkpoint holds: its ``format``, the encoder ``spec`` it realizes, where the
-    spec came from (``origin``), the safetensors ``files`` and the name ``prefix`` of the
-    encoder inside them.
+    """What a checkpoint holds: its ``format``, the ``spec`` it realizes (an encoder, or a
+    :class:`~aimv2.specs.LiTSpec` two-tower model), where the spec came from (``origin``),
+    the safetensors ``files`` and the name ``prefix`` of the model inside them.
 
     Example:
         >>> Detected("official", None, "tensor shapes", ()).format
@@ -78,10 +79,12 @@ class Detected:
 def detect(path: PathLike, preset: Any = None) -> Detected:
     """Find what ``path`` holds (format, spec, files) and check every tensor name and shape.
 
-    Reads only headers and JSON. ``preset`` (a preset name, ``ModelSpec`` or ``EncoderSpec``)
-    overrides the spec found in the checkpoint; it must then match the tensors. A folder
-    holding both released layouts is read from ``model.safetensors`` (both hold the same
-    weights, and every backend loads either).
+    Reads only headers and JSON. ``preset`` (a preset name, ``ModelSpec``, ``EncoderSpec``
+    or ``LiTSpec``) overrides the spec found in the checkpoint; it must then match the
+    tensors. A folder holding both released layouts is read from ``model.safetensors``
+    (both hold the same weights, and every backend loads either). A LiT model (official,
+    MLX or transformers ``Aimv2Model`` names) is detected whole; with an encoder
+    ``preset`` only its image tower is read.
 
     Example:
         >>> import tempfile, aimv2
@@ -100,6 +103,9 @@ def detect(path: PathLike, preset: Any = None) -> Detected:
     files, wmap = found
     store = Store.open(files, wmap)
     where = str(path)
+    layout = lit_layout(store)
+    if layout is not None:
+        return _detect_lit(store, layout, folder, where, preset)
     fmt, prefix = _find_format(store, where)
     config, cfg_path = folder_config(folder)
     stored = _stored_spec(store, where)
@@ -147,6 +153,49 @@ def _official_or_mlx(store: Store, conv: str) -> str:
     return "official"
 
 
+def _is_lit(preset: Any) -> bool:
+    if isinstance(preset, str):
+        try:
+            preset = presets.get(preset)
+        except KeyError as err:
+            raise FormatError(f"preset: {err.args[0]}") from None
+    return isinstance(preset, S.LiTSpec)
+
+
+def _lit_spec_of(preset: Any) -> tuple[S.LiTSpec, str]:
+    if isinstance(preset, str):
+        return presets.get(preset), f"preset {preset!r}"
+    return preset, f"preset {preset.name or 'spec'!r}"
+
+
+def _detect_lit(store: Store, layout: str, folder: Path, where: str, preset: Any) -> Detected:
+    """A LiT model's files: the whole model, or its image tower for an encoder preset."""
+    fmt = _official_or_mlx(store, LIT_ANCHORS[layout][0]) if layout == "official" else layout
+    if preset is not None and not _is_lit(preset):
+        spec, origin = _spec_of(preset)
+        prefix = IMAGE_PREFIX.get(fmt, "image_encoder.")
+        det = Detected(fmt, spec, origin, tuple(store.files), prefix, store)
+        _check_tensors(det, where)
+        return det
+    cfg_file = folder / "config.json"
+    raw = read_json(cfg_file) if cfg_file.is_file() else {}
+    stored = _stored_spec(store, where, S.LiTSpec)
+    if preset is not None:
+        spec, origin = _lit_spec_of(preset)
+    elif stored is not None and not raw:
+        spec, origin = stored, "the spec stored in the file"
+    else:
+        spec, origin = infer_lit_spec(store, fmt, folder, where, raw, str(cfg_file) if raw else "")
+        same = spec.image_encoder.preprocess
+        if stored is not None and stored.replace(
+            image_encoder=stored.image_encoder.replace(preprocess=same)
+        ) == spec.replace(name=stored.name):
+            spec = stored  # same architecture; keeps what a config cannot spell
+    det = Detected(fmt, spec, origin, tuple(store.files), "", store)
+    _check_tensors(det, where)
+    return det
+
+
 def _spec_of(preset: Any) -> tuple[S.EncoderSpec, str]:
     if isinstance(preset, str):
         try:
@@ -154,7 +203,7 @@ def _spec_of(preset: Any) -> tuple[S.EncoderSpec, str]:
         except KeyError as err:
             raise FormatError(f"preset: {err.args[0]}") from None
         return spec.encoder, f"preset {preset!r}"
-    if isinstance(preset, S.ModelSpec):
+    if isinstance(preset, (S.ModelSpec, S.LiTSpec)):
         return preset.encoder, f"preset {preset.name or 'spec'!r}"
     if isinstance(preset, S.EncoderSpec):
         return preset, "the given EncoderSpec"
@@ -164,7 +213,7 @@ def _spec_of(preset: Any) -> tuple[S.EncoderSpec, str]:
     )
 
 
-def _stored_spec(store: Store, where: str) -> S.EncoderSpec | None:
+def _stored_spec(store: Store, where: str, want: type = S.EncoderSpec) -> Any:
     """The spec a file written by :func:`~aimv2.formats.save_pretrained` carries in its
     metadata."""
     if SPEC_KEY not in store.metadata:
@@ -173,8 +222,8 @@ def _stored_spec(store: Store, where: str) -> S.EncoderSpec | None:
         spec = S.from_json(store.metadata[SPEC_KEY])
     except (S.SpecError, ValueError, TypeError) as err:
         raise FormatError(f"{where}: the spec stored in its metadata is invalid ({err})") from err
-    if not isinstance(spec, S.EncoderSpec):
-        raise FormatError(f"{where}: the stored spec is a {spec.kind!r}, expected 'encoder'")
+    if not isinstance(spec, want):
+        raise FormatError(f"{where}: the stored spec is a {spec.kind!r}, expected {want.kind!r}")
     return spec
 
 
@@ -188,16 +237,23 @@ def _detect_checkpoint(ckpt_dir: Path, preset: Any) -> Detected:
         saved = S.from_dict(state.get("spec"))
     except (S.SpecError, TypeError) as err:
         raise FormatError(f"{ckpt_dir / 'state.json'}: invalid spec ({err})") from err
-    if isinstance(saved, S.ModelSpec):
+    lit = isinstance(saved, S.LiTSpec) and (preset is None or _is_lit(preset))
+    if lit:
+        prefix, spec = "", saved
+    elif isinstance(saved, S.LiTSpec):
+        prefix, spec = "image_encoder.", saved.image_encoder
+    elif isinstance(saved, S.ModelSpec):
         prefix = "encoder." if saved.decoder is not None else ""
         spec = saved.encoder
     elif isinstance(saved, S.EncoderSpec):
         prefix, spec = "", saved
     else:
-        raise FormatError(f"{ckpt_dir}: holds a {saved.kind!r} spec, expected an encoder or model")
+        raise FormatError(
+            f"{ckpt_dir}: holds a {saved.kind!r} spec, expected an encoder, model or LiT model"
+        )
     origin = f"{ckpt_dir / 'state.json'}"
     if preset is not None:
-        spec, origin = _spec_of(preset)
+        spec, origin = _lit_spec_of(preset) if lit else _spec_of(preset)
     weights = ckpt_dir / "model.safetensors"
     store = Store.open([weights])
     det = Detected("aimv2", spec, origin, (weights,), prefix, store)

@@ -31,6 +31,7 @@ from ..atomic import atomic_directory, write_json
 from ..backend import backend_of
 from ..progress import Progress
 from ..weights import parameters
+from . import lit as lit_formats
 from .configs import processor_config, timm_config, transformers_config
 from .detect import Detected, PathLike, detect
 from .load import from_pretrained
@@ -125,7 +126,10 @@ def save_pretrained(
     - ``timm``: timm key names + a timm hub ``config.json`` (``timm.create_model(
       "local-dir:PATH", pretrained=True)``); a ``.safetensors`` path writes the state dict only.
 
-    Of a pre-training model, the non-``aimv2`` formats take the encoder. ``dtype`` stores
+    Of a pre-training model, the non-``aimv2`` formats take the encoder. A LiT model is
+    written whole (``official``/``mlx``: ``image_encoder.*``, ``text_encoder.*``,
+    projectors, ``log_logit_scale``; ``transformers``: an ``Aimv2Model`` folder); timm
+    holds no LiT model. ``dtype`` stores
     floats as ``"float32"``, ``"bfloat16"`` or ``"float16"`` (None: the model's dtype;
     ``aimv2`` defaults to float32). Writes go to a temporary file or folder renamed into
     place, one tensor at a time (``progress=True`` counts them on stderr). An existing
@@ -213,23 +217,26 @@ def _write_format(
     progress: bool = False,
 ) -> Path:
     full = src.spec
-    enc = full.encoder if isinstance(full, S.ModelSpec) else full
+    lit = isinstance(full, S.LiTSpec)  # the two-tower model: written whole in every format
+    enc = full.encoder if isinstance(full, (S.ModelSpec, S.LiTSpec)) else full
     prefix = "encoder." if isinstance(full, S.ModelSpec) and full.decoder is not None else ""
     if fmt not in FORMATS:
         raise ValueError(f"format={fmt!r}: expected one of {FORMATS}")
+    if lit:
+        lit_formats.check_exportable(full, fmt)
     _check_exportable(enc, fmt)
     if limit is not None and fmt not in ("transformers", "official"):
         raise ValueError(f"max_shard_size: only 'transformers' and 'official' shard, not {fmt!r}")
     if fmt == "aimv2":
         entries = _entries(src, full, "aimv2", "", code or "F32")
     else:
-        entries = _entries(src, enc, fmt, prefix, code)
+        entries = _entries(src, full if lit else enc, fmt, prefix, code)
     if progress:
         entries = _counted(entries, Progress(len(entries), f"write {fmt}", unit="tensors"))
     first = entries[0].code
     meta = {"format": "mlx" if fmt == "mlx" else "pt"}
     if fmt != "aimv2":
-        meta[SPEC_KEY] = enc.to_json(indent=None)
+        meta[SPEC_KEY] = (full if lit else enc).to_json(indent=None)
     if path.suffix == ".safetensors":
         if fmt not in ("official", "mlx", "timm") or limit is not None:
             raise ValueError(
@@ -251,7 +258,10 @@ def _write_format(
             write_json(tmp / "state.json", state, sort_keys=True)
         elif fmt == "transformers":
             _write_weights(tmp, "model", entries, meta, limit)
-            write_json(tmp / "config.json", transformers_config(enc, first), sort_keys=True)
+            config = (lit_formats.transformers_config if lit else transformers_config)(
+                full if lit else enc, first
+            )
+            write_json(tmp / "config.json", config, sort_keys=True)
             write_json(tmp / "preprocessor_config.json", processor_config(enc), sort_keys=True)
         elif fmt == "timm":
             _write_weights(tmp, "model", entries, meta, None)

@@ -22,8 +22,12 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
+from .. import patches
 from ..backend import load_backend
-from ..tensorfiles import Stored
+from ..resize import POS_NAME, resized_spec
+from ..tensorfiles import Stored, iter_tensors
 from .detect import Detected, PathLike, detect
 from .writer import DTYPE_CODES, DTYPE_NAMES
 
@@ -37,8 +41,10 @@ def from_pretrained(
     preset: Any = None,
     *,
     device: Any = None,
+    image_size: Any = None,
 ) -> Any:
-    """Build an AIMv2 encoder from a checkpoint file or folder in any supported format.
+    """Build an AIMv2 encoder — or a LiT two-tower model, from a LiT checkpoint — from a
+    checkpoint file or folder in any supported format.
 
     The format is detected from the tensor names (see :mod:`aimv2.formats`); the spec comes
     from ``preset`` (a preset name, ``ModelSpec`` or ``EncoderSpec``), else ``config.json``
@@ -50,6 +56,9 @@ def from_pretrained(
     ``"bfloat16"``, ``"float16"``, a ``torch.dtype`` / ``mlx.core.Dtype``). Tensors stream
     into the module one at a time. ``device``: where the weights go (a torch device;
     ``"cpu"``/``"gpu"`` for MLX, whose memory is unified: it becomes MLX's default device).
+    ``image_size`` (an int or (height, width)) loads the encoder for another input size:
+    its learned position table is resampled on the way in, as
+    :func:`aimv2.resize_encoder` does (e.g. the released 224 model at 336 or 448).
 
     Example:
         >>> import tempfile, aimv2
@@ -65,7 +74,25 @@ def from_pretrained(
     target = _native_dtype(be, dtype)  # so does a dtype the backend cannot hold
     place = be.native_device(device)  # and a device it cannot place weights on
     det = detect(path, preset=preset)
-    return be.load_weights(det.spec, _stored(det), dtype=target, device=place)
+    if image_size is None:
+        return be.load_weights(det.spec, _stored(det), dtype=target, device=place)
+    spec = resized_spec(det.spec, image_size)
+    return be.load_weights(spec, _resized(det, spec), dtype=target, device=place)
+
+
+def _resized(det: Detected, spec: Any) -> Iterator[tuple[str, Any]]:
+    """:func:`_stored` with the position table resampled to ``spec``'s grid (read into
+    NumPy: it is one small tensor)."""
+    old = getattr(det.spec.pos_embed, "grid", None)
+    new = getattr(spec.pos_embed, "grid", None)
+    for name, stored in _stored(det):
+        if name != POS_NAME or old == new:
+            yield name, stored
+            continue
+        (file, key), *_ = stored.parts
+        _, table = next(iter_tensors(file, [key], dtype="float32"))
+        table = table[None] if stored.op == "pos" else table
+        yield name, patches.resample_grid(table, old, new).astype(np.float32)
 
 
 def _native_dtype(be: ModuleType, dtype: Any) -> Any:

@@ -30,9 +30,12 @@ __all__ = [
     "CONV",
     "POS",
     "ANCHORS",
+    "LIT_ANCHORS",
+    "LIT_TOP",
     "INDEX",
     "WEIGHT_FILES",
     "recipe",
+    "is_lit_name",
     "source_shapes",
     "combine",
     "split",
@@ -111,18 +114,86 @@ _TIMM_TOP = {
 }
 _BLOCK = re.compile(r"^trunk\.blocks\.(\d+)\.(.+)$")
 
+# The LiT two-tower model (AIMV2.md §5b): the official names are canonical; transformers'
+# Aimv2Model holds the towers under vision_model. / text_model. and renames the heads.
+LIT_TOWERS = ("image_encoder.", "text_encoder.")
+LIT_TOP = {  # canonical -> transformers
+    "image_projector.weight": "visual_projection.weight",
+    "text_projector.weight": "text_projection.weight",
+    "log_logit_scale": "logit_scale",
+}
+LIT_ANCHORS = {  # (image, text) tensors that mark a LiT model in each naming
+    "official": ("image_encoder." + CONV, "text_encoder.preprocessor.text_embedding.weight"),
+    "transformers": (
+        "vision_model.embeddings.patch_embed.weight",
+        "text_model.embeddings.token_embedding.weight",
+    ),
+}
+_TF_TEXT_TOP = {
+    "preprocessor.text_embedding.weight": "embeddings.token_embedding.weight",
+    "preprocessor.positional_embedding": "embeddings.position_embedding.weight",
+    "trunk.post_trunk_norm.weight": "rms_norm.weight",
+}
+
+
+def is_lit_name(name: str) -> bool:
+    """Whether canonical ``name`` is a parameter of a LiT model (not of a bare encoder).
+
+    Example:
+        >>> is_lit_name("text_encoder.trunk.post_trunk_norm.weight"), is_lit_name(CONV)
+        (True, False)
+    """
+    return name.startswith(LIT_TOWERS) or name in LIT_TOP
+
+
+def _lit_recipe(fmt: str, name: str) -> tuple[tuple[str, ...], str]:
+    if fmt in ("official", "aimv2"):
+        return (name,), "copy"
+    if fmt == "mlx":
+        return (name,), "conv_mlx" if name == "image_encoder." + CONV else "copy"
+    if fmt != "transformers":
+        raise FormatError(
+            f"format {fmt!r} holds no LiT model (timm has AIMv2 image encoders only); use "
+            f"'official', 'mlx', 'transformers' or 'aimv2'"
+        )
+    if name in LIT_TOP:
+        return (LIT_TOP[name],), "copy"
+    if name.startswith("image_encoder."):
+        src, op = recipe("transformers", name[len("image_encoder.") :])
+        return tuple("vision_model." + s for s in src), op
+    rest = name[len("text_encoder.") :]
+    m = _BLOCK.match(rest)
+    if m:
+        i, part = m.groups()
+        base = f"text_model.encoder.layers.{i}."
+        if part in ("attn.qkv.weight", "attn.qkv.bias"):
+            kind = part.rsplit(".", 1)[1]
+            return tuple(f"{base}attention.{p}_proj.{kind}" for p in "qkv"), "qkv"
+        if part in _TF_BLOCK:
+            return (base + _TF_BLOCK[part],), "copy"
+    elif rest in _TF_TEXT_TOP:
+        return ("text_model." + _TF_TEXT_TOP[rest],), "copy"
+    raise FormatError(f"format 'transformers' has no tensor for the parameter {name!r}")
+
 
 def recipe(fmt: str, name: str) -> tuple[tuple[str, ...], str]:
     """The format's tensor names holding canonical ``name`` and how they combine into it:
     ``copy``, ``conv_mlx`` ((out,kH,kW,in) -> (out,in,kH,kW)), ``qkv`` (concatenate q, k, v
-    rows) or ``pos`` ((N, D) -> (1, N, D)).
+    rows) or ``pos`` ((N, D) -> (1, N, D)). The parameters of a LiT model (``image_encoder.*``,
+    ``text_encoder.*``, the projectors, ``log_logit_scale``) are mapped too.
 
     Example:
         >>> recipe("timm", "trunk.blocks.0.mlp.fc3.weight")
         (('blocks.0.mlp.fc1_x.weight',), 'copy')
         >>> recipe("mlx", CONV)
         (('preprocessor.patchifier.proj.weight',), 'conv_mlx')
+        >>> recipe("transformers", "text_encoder.trunk.blocks.2.mlp.fc1.weight")
+        (('text_model.encoder.layers.2.ffn.gate_proj.weight',), 'copy')
+        >>> recipe("transformers", "image_encoder." + POS)
+        (('vision_model.embeddings.position_embedding.weight',), 'pos')
     """
+    if is_lit_name(name):
+        return _lit_recipe(fmt, name)
     if fmt in ("official", "aimv2"):
         return (name,), "copy"
     if fmt == "mlx":

@@ -14,6 +14,8 @@ parameters (``parameters()``), and round-trips through plain dicts (``to_dict`` 
   block, trunk, attention pooling, probe.
 - :mod:`aimv2.specs.encoder`: preprocessing and the vision encoder.
 - :mod:`aimv2.specs.model`: decoder, prefix, objectives, init and the whole model.
+- :mod:`aimv2.specs.downstream`: resampled positions, LoRA adapters, a mean-pool head.
+- :mod:`aimv2.specs.lit`: the text encoder and the LiT two-tower model.
 
 Example:
     >>> from aimv2 import specs
@@ -42,6 +44,13 @@ from .base import (
     require,
     walk,
 )
+from .downstream import (
+    LORA_SPECS,
+    LoRAAttentionSpec,
+    LoRAFeedForwardSpec,
+    MeanPoolSpec,
+    ResampledPosEmbedSpec,
+)
 from .encoder import (
     CLIP_MEAN,
     CLIP_STD,
@@ -64,6 +73,7 @@ from .layers import (
     block_spec,
     swiglu_hidden,
 )
+from .lit import LiTSpec, TextEncoderSpec, lit_spec, text_encoder_spec
 from .model import (
     DecoderSpec,
     InitSpec,
@@ -98,6 +108,13 @@ __all__ = [
     "PixelObjectiveSpec",
     "TextObjectiveSpec",
     "ModelSpec",
+    "ResampledPosEmbedSpec",
+    "LoRAAttentionSpec",
+    "LoRAFeedForwardSpec",
+    "LORA_SPECS",
+    "MeanPoolSpec",
+    "TextEncoderSpec",
+    "LiTSpec",
     "KINDS",
     "CONFIG_KINDS",
     "CLIP_MEAN",
@@ -118,6 +135,8 @@ __all__ = [
     "block_spec",
     "encoder_spec",
     "decoder_spec",
+    "text_encoder_spec",
+    "lit_spec",
 ]
 
 

@@ -2,11 +2,12 @@
 backends and with the float64 reference.
 
 - :func:`assert_backends_agree` / :func:`compare_backends`: any spec — a layer, a
-  component of your own, an encoder, a pre-training model — on every installed backend
+  component of your own, an encoder, a pre-training model, a text tower, a LiT model — on
+  every installed backend
   against the reference and each other: forward, losses, every gradient.
 - :func:`property_test`: a hypothesis strategy for your spec becomes a pytest test.
 - :func:`example_inputs` / :func:`inputs_for`: call arguments by slot role, or your own.
-- :func:`random_weights`, :func:`random_batch`: fixtures.
+- :func:`random_weights`, :func:`random_batch`, :func:`random_captions`: fixtures.
 - Tolerances (:data:`FORWARD_TOL`, :data:`GRAD_TOL`) with the reasoning behind them.
 - :mod:`aimv2.testing.pytest_plugin`: a ``backend`` fixture over the installed backends.
 
@@ -26,7 +27,7 @@ from .compare import (
     assert_matches_reference,
     compare_backends,
 )
-from .fixtures import example_inputs, inputs_for, random_batch, random_weights
+from .fixtures import example_inputs, inputs_for, random_batch, random_captions, random_weights
 from .tolerances import (
     FORWARD_TOL,
     GRAD_TOL,
@@ -61,6 +62,9 @@ __all__ = [
     "encoder_specs",
     "model_specs",
     "layer_specs",
+    "text_encoder_specs",
+    "lit_specs",
+    "random_captions",
 ]
 
 _STRATEGIES = {
@@ -72,6 +76,8 @@ _STRATEGIES = {
     "encoder_specs",
     "model_specs",
     "layer_specs",
+    "text_encoder_specs",
+    "lit_specs",
 }
 
 

@@ -7,6 +7,9 @@ What is compared, by spec:
   ``text_loss``, ``pixel_pred``, ``text_logits``;
 - an encoder (``EncoderSpec``, or a ``ModelSpec`` without a decoder): the output, every
   block's output and the pooling head;
+- a LiT model (``LiTSpec``): ``logits_per_image``, ``logits_per_text``, both embeddings,
+  the logit scale and the contrastive loss (the backend's ``contrastive_loss``, whose
+  gradients are compared);
 - any other component (a user's too): its output on :func:`example_inputs`.
 
 With ``check_grads``, every parameter's gradient (of the loss, or of ``sum(output ·
@@ -132,11 +135,13 @@ def compare_backends(
         spec = spec.encoder
     if isinstance(spec, S.ModelSpec):
         compare = _compare_model
+    elif isinstance(spec, S.LiTSpec):
+        compare = _compare_lit
     elif isinstance(spec, S.EncoderSpec):
         compare = _compare_encoder
     else:
         compare = _compare_component
-    if isinstance(spec, (S.ModelSpec, S.EncoderSpec)):
+    if isinstance(spec, (S.ModelSpec, S.EncoderSpec, S.LiTSpec)):
         data: Any = dict(batch) if batch is not None else random_batch(spec, seed)
     else:
         data = inputs if inputs is not None else example_inputs(spec, rng)
@@ -177,6 +182,30 @@ def _compare_model(spec, model_spec, weights, batch, backends, tol, rng, with_gr
             checks[key] = _check(be.to_numpy(out[key]), want[key], tol)
         if with_grads:
             _, grads[name] = be.loss_and_grads(model, images, tokens, prefix)
+        report[name] = checks
+    return report, grads, lambda w: float(run_reference(w)["loss"])
+
+
+_LIT_OUTPUTS = ("logits_per_image", "logits_per_text", "image_embeds", "text_embeds")
+
+
+def _compare_lit(spec, model_spec, weights, batch, backends, tol, rng, with_grads):
+    images, tokens = batch["images"], batch["tokens"]
+
+    def run_reference(w: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return reference.forward(spec, w, images, tokens=tokens, return_loss=True)
+
+    want = run_reference(weights)
+    report, grads = {}, {}
+    for name in backends:
+        be = load_backend(name)
+        model = build(model_spec, name, weights=weights)
+        out = model(be.from_numpy(images), be.from_numpy(tokens), return_loss=True)
+        checks = {k: _check(be.to_numpy(out[k]), want[k], tol) for k in _LIT_OUTPUTS}
+        checks["logit_scale"] = _check(be.to_numpy(out["logit_scale"]), want["logit_scale"], tol)
+        data = {"images": _float32(images), "tokens": tokens}
+        values, grads[name] = be.value_and_grads(model, be.contrastive_loss, data)
+        checks["loss"] = _check(np.float64(values["loss"]), want["loss"], tol)
         report[name] = checks
     return report, grads, lambda w: float(run_reference(w)["loss"])
 

@@ -24,7 +24,7 @@ from .. import specs as S
 from ..masks import prefix_mask, sample_prefix
 from ..weights import parameters
 
-__all__ = ["random_weights", "random_batch", "example_inputs", "inputs_for"]
+__all__ = ["random_weights", "random_batch", "random_captions", "example_inputs", "inputs_for"]
 
 Inputs = tuple[list[Any], dict[str, Any]]
 _DRAWERS: dict[type, Callable[[S.Spec, np.random.Generator], Inputs]] = {}
@@ -55,14 +55,47 @@ def random_weights(spec: S.Spec, seed: int = 0) -> dict[str, np.ndarray]:
     return out
 
 
+def random_captions(
+    spec: S.TextEncoderSpec,
+    rng: np.random.Generator,
+    batch: int = 2,
+    length: int | None = None,
+    pad_id: int | None = None,
+) -> np.ndarray:
+    """Token ids (batch, length ≤ context) for a text encoder: random text, one eos at a
+    random position of each row, then padding — ``pad_id``, or (None) a coin flip between
+    the eos itself (the CLIP convention, eos = pad) and random ids, so that pooling must
+    pick the *first* eos and ignore what follows it.
+
+    Example:
+        >>> t = S.text_encoder_spec(8, 1, 2, vocab_size=10, context_length=6)
+        >>> ids = random_captions(t, np.random.default_rng(0), batch=3)
+        >>> ids.shape[0], bool((ids == t.eos_id).any(axis=1).all())
+        (3, True)
+    """
+    t = length if length is not None else int(rng.integers(1, spec.context_length + 1))
+    others = [i for i in range(spec.vocab_size) if i != spec.eos_id] or [spec.eos_id]
+    ids = rng.choice(others, size=(batch, t))
+    eos_at = rng.integers(0, t, batch)
+    pad_with_eos = bool(rng.integers(0, 2)) if pad_id is None else False
+    for row, at in enumerate(eos_at):
+        ids[row, at] = spec.eos_id
+        if pad_with_eos:
+            ids[row, at + 1 :] = spec.eos_id
+        elif pad_id is not None:
+            ids[row, at + 1 :] = pad_id
+    return ids.astype(np.int64)
+
+
 def random_batch(
-    spec: S.ModelSpec | S.EncoderSpec,
+    spec: S.ModelSpec | S.EncoderSpec | S.LiTSpec,
     seed: int = 0,
     batch: int = 2,
     image_hw: tuple[int, int] | None = None,
     caption_len: int | None = None,
 ) -> dict[str, np.ndarray | None]:
-    """Images (normal), captions (some pad at the end) and prefix lengths for ``spec``.
+    """Images (normal), captions (some pad at the end) and prefix lengths for ``spec``
+    (a LiT model: images and :func:`random_captions`, one per image).
 
     Example:
         >>> import aimv2
@@ -71,7 +104,7 @@ def random_batch(
         ((2, 3, 16, 16), (2, 16))
     """
     rng = np.random.default_rng(seed)
-    enc = spec.encoder if isinstance(spec, S.ModelSpec) else spec
+    enc = spec.encoder if isinstance(spec, (S.ModelSpec, S.LiTSpec)) else spec
     if image_hw is None:
         image_hw = enc.image_size or (enc.patch_size * 3, enc.patch_size * 2)
     p = enc.patch_size
@@ -89,6 +122,8 @@ def random_batch(
         lengths = rng.integers(0, t + 1, batch)
         tokens[np.arange(t)[None, :] >= lengths[:, None]] = pad
         out["tokens"] = tokens.astype(np.int64)
+    if isinstance(spec, S.LiTSpec):
+        out["tokens"] = random_captions(spec.text_encoder, rng, batch, caption_len)
     return out
 
 
@@ -168,6 +203,8 @@ def example_inputs(spec: S.Spec, rng: np.random.Generator) -> Inputs:
     if isinstance(spec, S.ModelSpec):
         batch = random_batch(spec, int(rng.integers(0, 2**31)))
         return [batch["images"]], {"tokens": batch["tokens"], "prefix_len": batch["prefix_len"]}
+    if isinstance(spec, S.TextEncoderSpec):
+        return [random_captions(spec, rng, int(rng.integers(1, 4)))], {}
     raise TypeError(
         f"example_inputs: no inputs known for {type(spec).__name__} (role {role!r}); register "
         f"a drawer with @aimv2.testing.inputs_for({type(spec).__name__})"

@@ -28,6 +28,8 @@ __all__ = [
     "encoder_specs",
     "model_specs",
     "layer_specs",
+    "text_encoder_specs",
+    "lit_specs",
     "property_test",
 ]
 
@@ -183,6 +185,68 @@ def model_specs() -> Any:
             prefix=S.PrefixSpec(mode=mode),
             pixel=S.PixelObjectiveSpec(weight=pixel_w, patch_norm=draw(st.booleans())),
             text=S.TextObjectiveSpec(weight=text_w, pad_id=draw(st.sampled_from([0, 1]))),
+        )
+
+    return draw_it()
+
+
+def text_encoder_specs(max_depth: int = 2) -> Any:
+    """Strategy: small text towers — widths, heads, depths, vocabularies, contexts, any
+    eos id, both norms and feed-forwards, causal or bidirectional.
+
+    Example:
+        >>> from hypothesis import find
+        >>> find(text_encoder_specs(), lambda s: not s.causal).kind
+        'text_encoder'
+    """
+
+    @st.composite
+    def draw_it(draw):
+        width, heads = _width_heads(draw, (8, 16, 32))
+        vocab = draw(st.sampled_from([3, 11, 40]))
+        return S.text_encoder_spec(
+            width,
+            draw(st.integers(1, max_depth)),
+            heads,
+            vocab_size=vocab,
+            eos_id=draw(st.integers(0, vocab - 1)),
+            context_length=draw(st.sampled_from([1, 4, 9])),
+            mlp_hidden=draw(st.sampled_from([16, 40])),
+            norm=draw(st.sampled_from(["rms", "layer"])),
+            ffn=draw(st.sampled_from(["swiglu", "gelu"])),
+            causal=draw(st.booleans()),
+        )
+
+    return draw_it()
+
+
+def lit_specs() -> Any:
+    """Strategy: small LiT models — an encoder (any position embedding, fixed size) with a
+    pooling head of drawn heads, queries and output width, a text tower, an embedding
+    width and a logit-scale clamp.
+
+    Example:
+        >>> from hypothesis import find
+        >>> find(lit_specs(), bool).kind
+        'lit'
+    """
+
+    @st.composite
+    def draw_it(draw):
+        enc = draw(encoder_specs(native=False, max_depth=2))
+        _, heads = _width_heads(draw, (enc.width,))
+        head = S.AttentionPoolSpec(
+            width=enc.width,
+            heads=heads,
+            out_features=draw(st.sampled_from([None, 12])),
+            num_queries=draw(st.integers(1, 2)),
+        )
+        return S.LiTSpec(
+            image_encoder=enc.replace(head=head),
+            text_encoder=draw(text_encoder_specs()),
+            embed_dim=draw(st.sampled_from([4, 16])),
+            init_temperature=0.07,
+            max_logit_scale=draw(st.sampled_from([2.0, 100.0])),
         )
 
     return draw_it()

@@ -5,7 +5,8 @@ backend exports the same names with the same signatures). Inside, module for mod
 mirror image of the torch backend:
 
 - :mod:`~aimv2.backends.mlx.registry`: ``realizes`` and building modules from specs.
-- :mod:`~aimv2.backends.mlx.layers`, :mod:`~aimv2.backends.mlx.models`: the built-in
+- :mod:`~aimv2.backends.mlx.layers`, :mod:`~aimv2.backends.mlx.models`,
+  :mod:`~aimv2.backends.mlx.lit`: the built-in
   components (the same canonical names as torch).
 - :mod:`~aimv2.backends.mlx.fused`: the speed paths (the vectorized CPU exp behind SiLU
   and softmax), each one named function.
@@ -29,16 +30,21 @@ Example:
 from __future__ import annotations
 
 from . import layers as _layers  # noqa: F401 - registers the built-in layers
+from . import lit as _lit  # noqa: F401 - registers the text encoder and the LiT model
 from . import models as _models  # noqa: F401 - registers the encoder, decoder and model
 from .arrays import from_numpy, native_device, native_dtype, to_model, to_numpy
-from .comm import init_distributed
+from .comm import gather_with_grad, init_distributed
+from .downstream import classifier_loss
+from .lit import contrastive_loss
 from .registry import REGISTRY, build_module, build_part, is_module, realizes
 from .runtime import (
     default_device,
+    freeze,
     inference,
     loss_and_grads,
     output_and_grads,
     set_checkpointing,
+    value_and_grads,
 )
 from .train import Trainer, pretrain_loss, probe_loss
 from .weights import cast, get_weight, get_weights, load_weights, set_weights, weight_dtypes
@@ -50,8 +56,12 @@ __all__ = [
     "build_module",
     "build_part",
     "cast",
+    "classifier_loss",
+    "contrastive_loss",
     "default_device",
+    "freeze",
     "from_numpy",
+    "gather_with_grad",
     "get_weight",
     "get_weights",
     "inference",
@@ -69,6 +79,7 @@ __all__ = [
     "set_weights",
     "to_model",
     "to_numpy",
+    "value_and_grads",
     "weight_dtypes",
 ]
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-__all__ = ["MLXComm", "init_distributed"]
+__all__ = ["MLXComm", "init_distributed", "gather_with_grad"]
 
 
 def _launcher_backend(env: Mapping[str, str]) -> str:
@@ -75,6 +76,37 @@ class MLXComm:
 
     def record_failure(self, err: BaseException, *, secondary: bool = False) -> None:
         """Nothing to record: ``mlx.launch`` has no failure file; the error is printed."""
+
+
+def gather_with_grad(x: mx.array, world: Any = None) -> mx.array:
+    """The rows of ``x`` (B, ...) from every rank of ``world``, concatenated in rank order
+    (K·B, ...), with gradient: the gradient reaching this rank's rows is summed over the
+    ranks (``all_sum`` of the cotangent, then this rank's rows), so a loss every rank
+    computes over the gathered rows trains as that loss of one process with the global
+    batch once the trainer averages the ranks' gradients. Every rank must pass the same
+    shape. One process (``world`` None or of size 1): ``x``.
+
+    Example:
+        >>> x = mx.ones((2, 3))
+        >>> gather_with_grad(x) is x
+        True
+    """
+    if world is None or world.size == 1:
+        return x
+    group, rank = world.comm.group, world.rank
+
+    @mx.custom_function
+    def gather(rows: mx.array) -> mx.array:
+        return mx.distributed.all_gather(rows, group=group)
+
+    @gather.vjp
+    def gather_vjp(primals: Any, cotangent: mx.array, output: mx.array) -> mx.array:
+        # one input: MLX passes it (and takes its cotangent) as a bare array
+        n = (primals if isinstance(primals, mx.array) else primals[0]).shape[0]
+        summed = mx.distributed.all_sum(cotangent, group=group)
+        return summed[rank * n : (rank + 1) * n]
+
+    return gather(x)
 
 
 _LAUNCH_VARS = ("MLX_RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK")

@@ -204,10 +204,18 @@ class Trunk(nn.Module):
         self.post_trunk_norm = build(spec.final_norm_spec)
         self.checkpoint = False
 
-    def __call__(self, x: mx.array, mask: Any = None, return_blocks: bool = False) -> Any:
+    def __call__(
+        self,
+        x: mx.array,
+        mask: Any = None,
+        return_blocks: bool = False,
+        num_blocks: int | None = None,
+    ) -> Any:
+        """``num_blocks`` runs only the first that many blocks (the final norm follows the
+        last one run)."""
         mask = mask_arg(mask)
         outs = []
-        for blk in self.blocks:
+        for blk in self.blocks[:num_blocks]:
             x = call_block(self, blk, x, mask)
             if return_blocks:
                 outs.append(x)

@@ -23,7 +23,7 @@ from mlx.utils import tree_flatten
 
 from aimv2 import masks
 from aimv2 import specs as S
-from aimv2.inputs import check_features, check_tokens
+from aimv2.inputs import check_features, check_layout, check_tokens, intermediate_indices
 
 from .arrays import as_array
 from .cpu import rows_of, run_in_parts
@@ -73,12 +73,38 @@ class Encoder(nn.Module):
         prefix_len: Any = None,
         return_blocks: bool = False,
         check: bool = True,
+        pool: bool = False,
     ) -> Any:
         """(B, C, H, W) → (B, N, D) after the final norm (and block outputs if asked).
 
         ``prefix_len`` (int or one per example, 1…N−1) turns on prefix attention.
         ``check=False`` skips validation (compiled steps; prefix_len then an mx.array).
+        ``pool=True`` returns the head's output on the features instead (B, out_dim): a
+        classifier's logits.
         """
+        images, m = self._inputs(images, prefix_len, check)
+        if pool and "head" not in self:
+            raise ValueError("pool=True: this encoder has no head (spec.head is None)")
+        b = images.shape[0]
+        parts = run_in_parts(
+            b, lambda rows: self.encode(rows_of(images, rows), rows_of(m, rows), return_blocks)
+        )
+        if len(parts) == 1:
+            out = parts[0]
+        elif not return_blocks:
+            out = mx.concatenate(parts, axis=0)
+        else:
+            y = mx.concatenate([part[0] for part in parts], axis=0)
+            per_block = zip(*(part[1] for part in parts), strict=True)
+            out = (y, [mx.concatenate(outs, axis=0) for outs in per_block])
+        if not pool:
+            return out
+        if return_blocks:
+            return self.head(out[0]), out[1]
+        return self.head(out)
+
+    def _inputs(self, images: Any, prefix_len: Any, check: bool) -> tuple[mx.array, Any]:
+        """Images as an array (validated when ``check``) and prefix lengths (B,) or None."""
         images = as_array(images)
         if check:
             _check_images(self.spec, images)
@@ -89,17 +115,50 @@ class Encoder(nn.Module):
             n = (images.shape[-2] // p) * (images.shape[-1] // p)
             m = prefix_len if not check else mx.array(_prefix_values(prefix_len, b, n))
             m = mx.broadcast_to(as_array(m), (b,))
-        parts = run_in_parts(
-            b, lambda rows: self.encode(rows_of(images, rows), rows_of(m, rows), return_blocks)
-        )
-        if len(parts) == 1:
-            return parts[0]
-        if not return_blocks:
-            return mx.concatenate(parts, axis=0)
-        y = mx.concatenate([part[0] for part in parts], axis=0)
-        per_block = zip(*(part[1] for part in parts), strict=True)
-        blocks = [mx.concatenate(outs, axis=0) for outs in per_block]
-        return y, blocks
+        return images, m
+
+    def forward_intermediates(
+        self,
+        images: mx.array,
+        indices: Any = None,
+        norm: bool = False,
+        output: str = "NLC",
+        stop_early: bool = True,
+        prefix_len: Any = None,
+    ) -> tuple[mx.array, list[mx.array]]:
+        """(final features (B, N, D), the outputs of the blocks ``indices`` names, in block
+        order), as :func:`aimv2.reference.forward_intermediates`: ``indices`` None (all),
+        n (the last n) or block numbers (negative from the end); ``norm`` applies the
+        final norm to each; ``output`` ``"NLC"`` or ``"NCHW"`` (B, D, rows, cols);
+        ``stop_early`` runs no block after the last one asked for (the final features are
+        then the final norm of that block's output, as in timm).
+
+        Example:
+            >>> import aimv2
+            >>> spec = aimv2.encoder_spec(width=32, depth=3, heads=2, patch_size=4,
+            ...                           image_size=8, mlp_hidden=64)
+            >>> _, maps = aimv2.build(spec, "mlx").forward_intermediates(
+            ...     mx.zeros((1, 3, 8, 8)), indices=[-1], output="NCHW")
+            >>> [m.shape for m in maps]
+            [(1, 32, 2, 2)]
+        """
+        take = intermediate_indices(self.spec.depth, indices)
+        layout = check_layout(output)
+        images, m = self._inputs(images, prefix_len, True)
+        x = self.embed(images)
+        mask = None if m is None else _prefix_mask(m, x.shape[1])
+        if stop_early and isinstance(self.spec.trunk, S.TrunkSpec):  # a user trunk runs whole
+            final, blocks = self.trunk(x, mask, return_blocks=True, num_blocks=take[-1] + 1)
+        else:
+            final, blocks = self.trunk(x, mask, return_blocks=True)
+        picked = [blocks[i] for i in take]
+        if norm:
+            picked = [self.trunk.post_trunk_norm(t) for t in picked]
+        if layout == "NCHW":
+            p = self.spec.patch_size
+            rows, cols = images.shape[-2] // p, images.shape[-1] // p
+            picked = [t.transpose(0, 2, 1).reshape(t.shape[0], -1, rows, cols) for t in picked]
+        return final, picked
 
     def embed(self, images: mx.array) -> mx.array:
         """Patch embedding plus positions (B, N, D): the trunk's input (what transformers

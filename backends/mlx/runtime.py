@@ -9,7 +9,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -26,6 +26,8 @@ __all__ = [
     "set_checkpointing",
     "loss_and_grads",
     "output_and_grads",
+    "value_and_grads",
+    "freeze",
 ]
 
 
@@ -110,6 +112,69 @@ def output_and_grads(
     mx.eval(grads, outputs)
     flat = {n: to_canonical(module.spec, n, to_numpy(g)) for n, g in tree_flatten(grads)}
     return to_numpy(outputs[-1]), flat
+
+
+def value_and_grads(
+    model: nn.Module, loss_fn: Callable[[Any, Mapping[str, Any]], Mapping[str, Any]], batch: Any
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``loss_fn(model, batch)`` on NumPy ``batch`` values (as arrays) and the gradient of
+    its ``"loss"`` with respect to every parameter (canonical names, torch layouts; zeros
+    for unused and frozen ones); every reported value as a float.
+
+    Example:
+        >>> import aimv2
+        >>> from aimv2.backends.mlx.train import probe_loss
+        >>> m = aimv2.build(aimv2.specs.ProbeSpec(width=4, num_classes=2, heads=1), "mlx")
+        >>> vals, g = value_and_grads(m, probe_loss, {"features": np.ones((2, 3, 4), np.float32),
+        ...                                           "labels": np.array([0, 1])})
+        >>> sorted(vals), g["pool.cls_token"].shape
+        (['accuracy', 'loss'], (1, 1, 4))
+    """
+    arrays = {k: as_array(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    keys: list[str] = []
+
+    def fn(b: Mapping[str, Any]) -> Any:
+        out = loss_fn(model, b)
+        keys[:] = list(out)
+        return out["loss"], [out[k] for k in keys]
+
+    (_, values), grads = nn.value_and_grad(model, fn)(arrays)
+    mx.eval(values, grads)
+    spec = model.spec
+    flat = {n: to_canonical(spec, n, to_numpy(g)) for n, g in tree_flatten(grads)}
+    for name, p in tree_flatten(model.parameters()):
+        if name not in flat:  # frozen: no gradient
+            flat[name] = np.zeros(to_canonical(spec, name, to_numpy(p)).shape, np.float32)
+    return {k: float(v.item()) for k, v in zip(keys, values, strict=True)}, flat
+
+
+def freeze(model: nn.Module, prefixes: Sequence[str]) -> int:
+    """Stop training every parameter whose canonical name starts with one of ``prefixes``
+    (MLX's ``freeze``): it gets no gradient and a Trainer built afterwards leaves it out of
+    its optimizer (no update, no weight decay). Returns how many were frozen.
+
+    Example:
+        >>> import aimv2
+        >>> m = aimv2.build(aimv2.presets.get("aimv2-lit-test-tiny"), "mlx")
+        >>> freeze(m, ["image_encoder.trunk.", "image_encoder.preprocessor."])
+        19
+        >>> "image_encoder.head.cls_token" in dict(tree_flatten(m.trainable_parameters()))
+        True
+    """
+    if isinstance(prefixes, str):
+        raise TypeError("prefixes: expected a list of name prefixes, got one str")
+    count = 0
+    for path, module in model.named_modules():
+        own = [k for k, v in module.items() if isinstance(v, mx.array)]
+        keys = []
+        for key in own:
+            name = f"{path}.{key}" if path else key
+            if any(name.startswith(prefix) for prefix in prefixes):
+                keys.append(key)
+        if keys:
+            module.freeze(recurse=False, keys=keys)
+            count += len(keys)
+    return count
 
 
 def set_checkpointing(model: nn.Module, enabled: bool = True) -> int:

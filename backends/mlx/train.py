@@ -27,14 +27,18 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from aimv2.inputs import check_pretrain_batch
 from aimv2.optim import (
+    ALL_FROZEN,
     TERMS,
     OptimConfig,
+    ParamGroup,
     check_finite,
     check_moments,
     check_update_weights,
     decay_mask,
+    frozen_names,
     moment_names,
     objective_weights,
+    param_groups,
     resolve_compile,
 )
 
@@ -104,6 +108,9 @@ class Trainer:
     learning rate is an input, so changing it does not recompile. MLX has no autocast
     (``autocast`` must be None) and holds whole replicas (``shard`` must be ``"none"``).
     Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
+    Parameters with an ``lr_scales`` entry of 0 are frozen (no gradient, no state),
+    like those frozen before (``freeze``); the others form the groups of
+    :func:`aimv2.optim.param_groups` (``groups``), each updated at ``lr · scale``.
 
     With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under
     ``mlx.launch``) every rank holds the whole model; after the local micro-batches the
@@ -139,9 +146,16 @@ class Trainer:
         self.world = world if world is not None and world.size > 1 else None
         self.world_size = 1 if self.world is None else self.world.size
         self.rank = 0 if self.world is None else self.world.rank
+        every = [n for n, _ in tree_flatten(model.parameters())]
+        trainable = {n for n, _ in tree_flatten(model.trainable_parameters())}
+        held = [n for n in every if n not in trainable]  # frozen before (``freeze``)
+        _freeze(model, held + frozen_names(every, cfg))
         flat = tree_flatten(model.trainable_parameters())
         self.names = [n for n, _ in flat]
-        self.optimizer = _adamw(cfg, decay_mask(model.spec))
+        if not self.names:
+            raise ValueError(ALL_FROZEN)
+        self.groups = param_groups(every, decay_mask(model.spec), cfg, exclude=set(held))
+        self.optimizer = _adamw(cfg, self.groups)
         self.optimizer.init(model.trainable_parameters())
         self.step_count = 0
         self.state = [model.state, self.optimizer.state]
@@ -187,7 +201,8 @@ class Trainer:
         tree = tree_unflatten(list(zip(self.names, grads, strict=True)))
         if self.cfg.clip_norm is not None:
             tree, _ = optim.clip_grad_norm(tree, self.cfg.clip_norm)
-        self.optimizer.learning_rate = lr
+        for sub, group in zip(self.optimizer.optimizers, self.groups, strict=True):
+            sub.learning_rate = lr * group.scale
         self.optimizer.update(self.model, tree)
 
     def step(
@@ -208,7 +223,10 @@ class Trainer:
         average: the update minimizes Σ over micro-batches and ranks of ``w·term`` (each
         term scaled by its objective weight), and each reported term is that sum over
         ranks — the single-process loss of the global batch. Without ``weights`` a
-        multi-rank update averages the ranks' mean losses.
+        multi-rank update averages the ranks' gradients and losses: a loss over rows
+        gathered with :func:`~aimv2.backends.mlx.comm.gather_with_grad` (the contrastive
+        loss) is the global batch's on every rank, and the average is then the
+        single-process update.
         """
         k = len(micro_batches)
         check_update_weights(weights, k, self.loss_fn is pretrain_loss)
@@ -323,28 +341,51 @@ class Trainer:
         return {n: slots[n] for n in self.names}
 
 
-def _adamw(cfg: OptimConfig, decay: Mapping[str, bool]) -> optim.MultiOptimizer:
-    """``mlx.optimizers.AdamW`` with bias correction, in two groups: with decay on the
-    weights of ``decay`` and without on the rest (MLX's AdamW alone decays everything).
-    The paper's fully decoupled decay ``p·(1 − wd·lr/peak_lr)`` is MLX's ``p·(1 − lr·wd')``
-    with ``wd' = wd / peak_lr``; ``decay_mode="torch"`` uses ``wd`` as given.
+def _freeze(model: nn.Module, names: Sequence[str]) -> None:
+    """Make exactly the parameters ``names`` (canonical, dotted) untrainable.
 
     Example:
-        >>> opt = _adamw(OptimConfig(lr=1e-3, weight_decay=0.1), {"w": True})
+        >>> m = nn.Sequential(nn.Linear(2, 2))
+        >>> _freeze(m, ["layers.0.bias"]); sorted(n for n, _ in tree_flatten(
+        ...     m.trainable_parameters()))
+        ['layers.0.weight']
+    """
+    model.unfreeze()
+    for name in names:
+        *path, key = name.split(".")
+        owner: Any = model
+        for part in path:
+            owner = owner[int(part)] if isinstance(owner, list) else owner[part]
+        owner.freeze(recurse=False, keys=[key])
+
+
+def _adamw(cfg: OptimConfig, groups: Sequence[ParamGroup]) -> optim.MultiOptimizer:
+    """``mlx.optimizers.AdamW`` with bias correction, one per
+    :class:`aimv2.optim.ParamGroup` (its learning rate is set to ``lr · scale`` at every
+    update), decaying only the groups with ``decay`` (MLX's AdamW alone decays
+    everything). The paper's fully decoupled decay ``p·(1 − wd·lr/peak_lr)`` is MLX's
+    ``p·(1 − lr·wd')`` with ``wd' = wd / peak_lr``; ``decay_mode="torch"`` uses ``wd`` as
+    given.
+
+    Example:
+        >>> cfg = OptimConfig(lr=1e-3, weight_decay=0.1)
+        >>> opt = _adamw(cfg, param_groups(["w", "b"], {"w": True, "b": False}, cfg))
         >>> [round(o.weight_decay, 6) for o in opt.optimizers]
         [100.0, 0.0]
     """
     wd = cfg.weight_decay / cfg.lr if cfg.decay_mode == "decoupled" else cfg.weight_decay
 
-    def adamw(weight_decay: float) -> optim.AdamW:
+    def adamw(group: ParamGroup) -> optim.AdamW:
         return optim.AdamW(
-            learning_rate=cfg.lr,
+            learning_rate=cfg.lr * group.scale,
             betas=list(cfg.betas),
             eps=cfg.eps,
-            weight_decay=weight_decay,
+            weight_decay=wd if group.decay else 0.0,
             bias_correction=True,
         )
 
-    return optim.MultiOptimizer(
-        [adamw(wd), adamw(0.0)], [lambda path, _: bool(decay.get(path, False))]
-    )
+    def member(names: frozenset[str]) -> Callable[[str, Any], bool]:
+        return lambda path, _: path in names
+
+    filters = [member(frozenset(g.names)) for g in groups[:-1]]
+    return optim.MultiOptimizer([adamw(g) for g in groups], filters)

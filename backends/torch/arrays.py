@@ -75,7 +75,7 @@ def from_numpy(x: np.ndarray, like: torch.Tensor | None = None) -> torch.Tensor:
         >>> from_numpy(np.zeros(2)).dtype
         torch.float64
     """
-    return as_tensor(np.ascontiguousarray(x), like)
+    return as_tensor(np.require(x, requirements="C"), like)  # keeps 0-d arrays 0-d
 
 
 def to_model(module: nn.Module, x: np.ndarray) -> torch.Tensor:
@@ -85,7 +85,7 @@ def to_model(module: nn.Module, x: np.ndarray) -> torch.Tensor:
         >>> to_model(nn.Linear(2, 2), np.zeros(2)).dtype
         torch.float32
     """
-    return as_tensor(np.ascontiguousarray(x), next(module.parameters()))
+    return as_tensor(np.require(x, requirements="C"), next(module.parameters()))
 
 
 def native_dtype(dtype: Any) -> Any:

@@ -23,7 +23,7 @@ from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
 
 from .runtime import default_device
 
-__all__ = ["TorchComm", "init_distributed"]
+__all__ = ["TorchComm", "init_distributed", "gather_with_grad"]
 
 
 class TorchComm:
@@ -105,6 +105,44 @@ class TorchComm:
             ErrorHandler().record_exception(err)
         except Exception:  # noqa: BLE001 - reporting must never mask the error
             pass
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along the first axis whose backward sums the incoming gradient over the
+    ranks and keeps this rank's rows: every rank differentiates the same loss of the
+    gathered rows, so each row's gradient is the sum of what every rank's loss sends it."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(size)]
+        dist.all_gather(parts, x)
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        lo = ctx.rank * ctx.rows
+        return grad[lo : lo + ctx.rows], None, None
+
+
+def gather_with_grad(x: torch.Tensor, world: Any = None) -> torch.Tensor:
+    """The rows of ``x`` (B, ...) from every rank of ``world``, concatenated in rank order
+    (K·B, ...), with gradient: the gradient reaching this rank's rows is summed over the
+    ranks, so a loss every rank computes over the gathered rows trains as that loss of one
+    process with the global batch once the trainer averages the ranks' gradients. Every
+    rank must pass the same shape. One process (``world`` None or of size 1): ``x``.
+
+    Example:
+        >>> x = torch.ones(2, 3, requires_grad=True)
+        >>> gather_with_grad(x) is x
+        True
+    """
+    if world is None or world.size == 1:
+        return x
+    return _GatherRows.apply(x, world.rank, world.size)
 
 
 _LAUNCH_VARS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

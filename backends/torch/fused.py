@@ -63,7 +63,8 @@ def linear_residual(layer: nn.Linear, x: torch.Tensor, residual: torch.Tensor) -
         >>> linear_residual(layer, torch.zeros(1, 2), torch.ones(1, 2)).shape
         torch.Size([1, 2])
     """
-    if layer.bias is not None or not _plain_matmul(x) or residual.dtype != x.dtype:
+    plain = type(layer) is nn.Linear  # an adapter (e.g. LoRA) around a Linear runs its own call
+    if not plain or layer.bias is not None or not _plain_matmul(x) or residual.dtype != x.dtype:
         return residual + layer(x)
     shape = residual.shape
     out = torch.addmm(residual.reshape(-1, shape[-1]), x.reshape(-1, x.shape[-1]), layer.weight.t())
@@ -97,7 +98,7 @@ def qkv_heads(
         (2, 2, 3, 2)
     """
     b, n, d = x.shape
-    if needs_grad(x, qkv.weight):
+    if type(qkv) is not nn.Linear or needs_grad(x, qkv.weight):
         return qkv(x).view(b, n, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
     # inference: one GEMM per third of the fused weight (row slices are views), so q, k
     # and v come out densely packed for the attention kernel

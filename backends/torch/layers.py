@@ -216,10 +216,18 @@ class Trunk(nn.Module):
         self.post_trunk_norm = build(spec.final_norm_spec)
         self.checkpoint = False
 
-    def forward(self, x: torch.Tensor, mask: Any = None, return_blocks: bool = False) -> Any:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: Any = None,
+        return_blocks: bool = False,
+        num_blocks: int | None = None,
+    ) -> Any:
+        """``num_blocks`` runs only the first that many blocks (the final norm follows the
+        last one run)."""
         mask = mask_arg(mask, x.device)
         outs = []
-        for blk in self.blocks:
+        for blk in self.blocks[:num_blocks]:
             x = call_block(self, blk, x, mask)
             if return_blocks:
                 outs.append(x)

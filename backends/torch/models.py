@@ -23,7 +23,7 @@ from torch import nn
 
 from aimv2 import masks
 from aimv2 import specs as S
-from aimv2.inputs import check_features, check_tokens
+from aimv2.inputs import check_features, check_layout, check_tokens, intermediate_indices
 
 from .arrays import as_tensor
 from .fused import run_in_parts
@@ -102,13 +102,27 @@ class Encoder(nn.Module):
         prefix_len: Any = None,
         return_blocks: bool = False,
         check: bool = True,
+        pool: bool = False,
     ) -> Any:
         """(B, C, H, W) → (B, N, D) after the final norm (and block outputs if asked).
 
         ``prefix_len`` (int or one per example, 1…N−1) turns on prefix attention.
         ``check=False`` skips input validation (for compiled training steps); a tensor
-        ``prefix_len`` is then used as given.
+        ``prefix_len`` is then used as given. ``pool=True`` returns the head's output on
+        the features instead (B, out_dim): a classifier's logits.
         """
+        images, m = self._inputs(images, prefix_len, check)
+        if pool and not hasattr(self, "head"):
+            raise ValueError("pool=True: this encoder has no head (spec.head is None)")
+        out = self.encode(images, m, return_blocks)
+        if not pool:
+            return out
+        if return_blocks:
+            return self.head(out[0]), out[1]
+        return self.head(out)
+
+    def _inputs(self, images: Any, prefix_len: Any, check: bool) -> tuple[torch.Tensor, Any]:
+        """Images as a tensor (validated when ``check``) and prefix lengths (B,) or None."""
         images = as_tensor(images)
         if check:
             _check_images(self.spec, images)
@@ -117,7 +131,50 @@ class Encoder(nn.Module):
             p = self.spec.patch_size
             n = (images.shape[-2] // p) * (images.shape[-1] // p)
             m = _prefix_values(prefix_len, images.shape[0], n, images.device, check)
-        return self.encode(images, m, return_blocks)
+        return images, m
+
+    def forward_intermediates(
+        self,
+        images: torch.Tensor,
+        indices: Any = None,
+        norm: bool = False,
+        output: str = "NLC",
+        stop_early: bool = True,
+        prefix_len: Any = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(final features (B, N, D), the outputs of the blocks ``indices`` names, in block
+        order), as :func:`aimv2.reference.forward_intermediates`: ``indices`` None (all),
+        n (the last n) or block numbers (negative from the end); ``norm`` applies the
+        final norm to each; ``output`` ``"NLC"`` or ``"NCHW"`` (B, D, rows, cols);
+        ``stop_early`` runs no block after the last one asked for (the final features are
+        then the final norm of that block's output, as in timm).
+
+        Example:
+            >>> import aimv2
+            >>> spec = aimv2.encoder_spec(width=32, depth=3, heads=2, patch_size=4,
+            ...                           image_size=8, mlp_hidden=64)
+            >>> _, maps = aimv2.build(spec, "torch").forward_intermediates(
+            ...     torch.zeros(1, 3, 8, 8), indices=[-1], output="NCHW")
+            >>> [m.shape for m in maps]
+            [torch.Size([1, 32, 2, 2])]
+        """
+        take = intermediate_indices(self.spec.depth, indices)
+        layout = check_layout(output)
+        images, m = self._inputs(images, prefix_len, True)
+        x = self.embed(images)
+        mask = None if m is None else _prefix_mask(m, x.shape[1])
+        if stop_early and isinstance(self.spec.trunk, S.TrunkSpec):  # a user trunk runs whole
+            final, blocks = self.trunk(x, mask, return_blocks=True, num_blocks=take[-1] + 1)
+        else:
+            final, blocks = self.trunk(x, mask, return_blocks=True)
+        picked = [blocks[i] for i in take]
+        if norm:
+            picked = [self.trunk.post_trunk_norm(t) for t in picked]
+        if layout == "NCHW":
+            p = self.spec.patch_size
+            rows, cols = images.shape[-2] // p, images.shape[-1] // p
+            picked = [t.transpose(1, 2).reshape(t.shape[0], -1, rows, cols) for t in picked]
+        return final, picked
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embedding plus positions (B, N, D): the trunk's input (what transformers

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,8 @@ __all__ = [
     "set_checkpointing",
     "loss_and_grads",
     "output_and_grads",
+    "value_and_grads",
+    "freeze",
 ]
 
 
@@ -100,6 +102,62 @@ def output_and_grads(
     }
     module.zero_grad(set_to_none=True)
     return to_numpy(out), grads
+
+
+def _grads(module: nn.Module) -> dict[str, np.ndarray]:
+    """Every parameter's gradient (canonical names; zeros where none arrived)."""
+    return {
+        name: to_numpy(p.grad) if p.grad is not None else np.zeros(tuple(p.shape), np.float32)
+        for name, p in module.named_parameters()
+    }
+
+
+def value_and_grads(
+    model: nn.Module, loss_fn: Callable[[Any, Mapping[str, Any]], Mapping[str, Any]], batch: Any
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """``loss_fn(model, batch)`` on NumPy ``batch`` values (as tensors) and the gradient
+    of its ``"loss"`` with respect to every parameter (canonical names; zeros for unused
+    and frozen ones); every reported value as a float.
+
+    Example:
+        >>> import aimv2
+        >>> from aimv2.backends.torch.train import probe_loss
+        >>> m = aimv2.build(aimv2.specs.ProbeSpec(width=4, num_classes=2, heads=1), "torch")
+        >>> vals, g = value_and_grads(m, probe_loss, {"features": np.ones((2, 3, 4), np.float32),
+        ...                                           "labels": np.array([0, 1])})
+        >>> sorted(vals), g["pool.cls_token"].shape
+        (['accuracy', 'loss'], (1, 1, 4))
+    """
+    model.zero_grad(set_to_none=True)
+    tensors = {k: from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    out = loss_fn(model, tensors)
+    out["loss"].backward()
+    grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    return {k: float(v.detach()) for k, v in out.items()}, grads
+
+
+def freeze(model: nn.Module, prefixes: Sequence[str]) -> int:
+    """Stop training every parameter whose canonical name starts with one of ``prefixes``
+    (``requires_grad`` off): it gets no gradient and a Trainer built afterwards leaves it
+    out of its optimizer (no update, no weight decay). Returns how many were frozen.
+
+    Example:
+        >>> import aimv2
+        >>> m = aimv2.build(aimv2.presets.get("aimv2-lit-test-tiny"), "torch")
+        >>> freeze(m, ["image_encoder.trunk.", "image_encoder.preprocessor."])
+        19
+        >>> m.image_encoder.head.cls_token.requires_grad
+        True
+    """
+    if isinstance(prefixes, str):
+        raise TypeError("prefixes: expected a list of name prefixes, got one str")
+    count = 0
+    for name, p in model.named_parameters():
+        if any(name.startswith(prefix) for prefix in prefixes):
+            p.requires_grad_(False)
+            count += 1
+    return count
 
 
 def set_checkpointing(model: nn.Module, enabled: bool = True) -> int:

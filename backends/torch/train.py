@@ -29,14 +29,18 @@ from torch.nn.parallel import DistributedDataParallel
 
 from aimv2.inputs import check_pretrain_batch
 from aimv2.optim import (
+    ALL_FROZEN,
     TERMS,
     OptimConfig,
+    ParamGroup,
     check_finite,
     check_moments,
     check_update_weights,
     decay_mask,
+    frozen_names,
     moment_names,
     objective_weights,
+    param_groups,
     resolve_compile,
 )
 
@@ -88,6 +92,9 @@ class Trainer:
     default on every backend, compiles where that is cheap: not here); ``autocast``
     (``"bf16"``) runs matmuls in bfloat16 while parameters and optimizer state stay
     float32. Weight decay follows :func:`aimv2.optim.decay_mask` of ``model.spec``.
+    Parameters with an ``lr_scales`` entry of 0 are frozen (no gradient, no state),
+    like those frozen before (``freeze``); the others form the groups of
+    :func:`aimv2.optim.param_groups` (``groups``), each updated at ``lr · scale``.
 
     With a multi-rank ``world`` (:func:`aimv2.distributed.init_world` under torchrun)
     the model is wrapped once, here: ``shard="none"`` in DistributedDataParallel (every
@@ -120,6 +127,10 @@ class Trainer:
         self.sharded = self.world is not None and shard == "full"
         self._ddp: Any = None
         wrapped: Any = model
+        frozen = set(frozen_names([n for n, _ in model.named_parameters()], cfg))
+        held = {n for n, p in model.named_parameters() if not p.requires_grad}  # ``freeze``
+        for name, p in model.named_parameters():  # before wrapping: DDP reads requires_grad
+            p.requires_grad_(name not in frozen and name not in held)
         if self.world is not None:
             comm = self.world.comm
             if self.sharded:
@@ -140,12 +151,18 @@ class Trainer:
                 model.to(comm.device)
                 ids = [comm.device.index] if comm.device.type == "cuda" else None
                 self._ddp = wrapped = DistributedDataParallel(model, device_ids=ids)
-        named = list(model.named_parameters())
+        self._all = list(model.named_parameters())
+        named = [(n, p) for n, p in self._all if p.requires_grad]
+        if not named:
+            raise ValueError(ALL_FROZEN)
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
         self.step_count = 0
         self.device = self.params[0].device
-        self.optimizer = _adamw(cfg, named, decay_mask(model.spec), self.device)
+        self.groups = param_groups(
+            [n for n, _ in self._all], decay_mask(model.spec), cfg, exclude=held
+        )
+        self.optimizer = _adamw(cfg, named, self.groups, self.device)
         self.forward = torch.compile(wrapped) if resolve_compile(compile, cheap=False) else wrapped
         if autocast not in (None, "bf16"):
             raise ValueError(f"autocast={autocast!r}: expected None or 'bf16'")
@@ -160,7 +177,7 @@ class Trainer:
     def _tensor(self, x: Any) -> Any:
         if x is None:
             return None
-        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+        t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.require(x, requirements="C"))
         return t.to(self.device, non_blocking=True)
 
     @contextlib.contextmanager
@@ -195,7 +212,10 @@ class Trainer:
         average: the update minimizes Σ over micro-batches and ranks of
         ``w·term`` (each term scaled by its objective weight), and each reported term is
         that sum over ranks — the single-process loss of the global batch. Without
-        ``weights`` a multi-rank update averages the ranks' mean losses.
+        ``weights`` a multi-rank update averages the ranks' gradients and losses: a loss
+        over rows gathered with :func:`~aimv2.backends.torch.comm.gather_with_grad` (the
+        contrastive loss) is the global batch's on every rank, and the average is then the
+        single-process update.
         """
         k = len(micro_batches)
         check_update_weights(weights, k, self.loss_fn is pretrain_loss)
@@ -209,13 +229,16 @@ class Trainer:
                 with self._autocast():
                     out = self.loss_fn(self.forward, tensors)
                 if weights is None:
-                    objective = out["loss"] / k
+                    objective = out["loss"] / k  # DDP/FSDP average it over the ranks
                 else:
                     objective = sum(
                         self._term_weight[t] * float(weights[i][t]) * out[t] for t in TERMS
                     )
-                if self.world_size > 1:
-                    objective = objective * self.world_size  # DDP/FSDP average over ranks
+                if self.world_size > 1 and weights is not None:
+                    # each rank's weighted terms are its share of the global sum, which
+                    # DDP/FSDP's average over ranks would divide by K; a plain mean loss
+                    # per rank is meant to be averaged
+                    objective = objective * self.world_size
                 objective.backward()
             if weights is None:
                 keys = list(out)
@@ -248,7 +271,7 @@ class Trainer:
             self.model.zero_grad(set_to_none=True)
             check_finite(losses, self.step_count + 1)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         self.optimizer.step()
         self.step_count += 1
         self.model.zero_grad(set_to_none=True)
@@ -289,7 +312,7 @@ class Trainer:
             >>> t.weight_arrays()["decoder.start_token"].shape
             (1, 1, 32)
         """
-        return self._gather(self.params, self.names, root_only)
+        return self._gather([p for _, p in self._all], [n for n, _ in self._all], root_only)
 
     def state_arrays(self, *, root_only: bool = False) -> dict[str, np.ndarray]:
         """Optimizer moments as ``exp_avg.<name>`` / ``exp_avg_sq.<name>`` NumPy arrays.
@@ -330,7 +353,7 @@ class Trainer:
         for n, p in zip(self.names, self.params, strict=True):
             entry = {"step": torch.tensor(float(step_count))}
             for key in ("exp_avg", "exp_avg_sq"):
-                src = np.ascontiguousarray(arrays[f"{key}.{n}"])
+                src = np.require(arrays[f"{key}.{n}"], requirements="C")  # 0-d stays 0-d
                 full = torch.from_numpy(src).to(device=self.device, dtype=p.dtype)
                 if self.sharded:  # this rank's shard of the full array
                     full = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
@@ -347,27 +370,35 @@ class Trainer:
 def _adamw(
     cfg: OptimConfig,
     named: Sequence[tuple[str, torch.nn.Parameter]],
-    decay: Mapping[str, bool],
+    groups: Sequence[ParamGroup],
     device: torch.device,
 ) -> torch.optim.AdamW:
-    """``torch.optim.AdamW`` with AIMv2's groups: decay on weights only. The paper's fully
+    """``torch.optim.AdamW`` with one parameter group per :class:`aimv2.optim.ParamGroup`
+    (its ``names``, ``lr_scale`` and decay: on weights only). The paper's fully
     decoupled decay ``p·(1 − wd·lr/peak_lr)`` is torch's ``p·(1 − lr·wd')`` with
     ``wd' = wd / peak_lr``; ``decay_mode="torch"`` uses ``wd`` as given. ``foreach`` on the
     CPU, ``fused`` on CUDA.
 
     Example:
         >>> m = torch.nn.Linear(2, 2)
-        >>> opt = _adamw(OptimConfig(lr=1e-3, weight_decay=0.1), list(m.named_parameters()),
-        ...              {"weight": True, "bias": False}, torch.device("cpu"))
+        >>> named = list(m.named_parameters())
+        >>> cfg = OptimConfig(lr=1e-3, weight_decay=0.1)
+        >>> opt = _adamw(cfg, named, param_groups(["weight", "bias"],
+        ...              {"weight": True, "bias": False}, cfg), torch.device("cpu"))
         >>> [round(g["weight_decay"], 6) for g in opt.param_groups]
         [100.0, 0.0]
     """
     wd = cfg.weight_decay / cfg.lr if cfg.decay_mode == "decoupled" else cfg.weight_decay
-    groups = [
-        {"params": [p for n, p in named if decay[n]], "weight_decay": wd},
-        {"params": [p for n, p in named if not decay[n]], "weight_decay": 0.0},
+    params = dict(named)
+    torch_groups = [
+        {
+            "params": [params[n] for n in g.names],
+            "names": list(g.names),
+            "lr_scale": g.scale,
+            "lr": cfg.lr * g.scale,
+            "weight_decay": wd if g.decay else 0.0,
+        }
+        for g in groups
     ]
     kernel = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel
-    )
+    return torch.optim.AdamW(torch_groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, **kernel)
