@@ -21,6 +21,7 @@ from typing import Any
 from .. import atomic
 from ..backend import BACKENDS
 from ..distributed import detect_launch
+from ..flags import Flag, add_config_flags, config_from_args
 from ..lit import (
     DEFAULT_TEMPLATES,
     LitConfig,
@@ -31,7 +32,6 @@ from ..lit import (
     load_lit,
 )
 from .common import load_spec
-from .flags import Flag, add_config_flags, config_from_args
 
 __all__ = ["add_parsers", "LIT_FLAGS", "parse_classes"]
 
