@@ -179,9 +179,10 @@ class Intact:
     damaged: list[tuple[Path, str]]
 
 
-def newest_intact(out_dir: str | os.PathLike) -> Intact:
+def newest_intact(out_dir: str | os.PathLike, optimizer: bool = True) -> Intact:
     """The newest checkpoint under ``out_dir`` that :func:`verify` accepts, and every
-    newer one it refused (a truncated file, a missing optimizer state, bad metadata…).
+    newer one it refused (a truncated file, a missing optimizer state, bad metadata…);
+    ``optimizer=False`` for weights-only use (the optimizer state is not needed).
 
     Example:
         >>> import tempfile
@@ -194,7 +195,7 @@ def newest_intact(out_dir: str | os.PathLike) -> Intact:
         return Intact(None, damaged)
     for p, _ in reversed(_candidates(out)):
         try:
-            verify(p)
+            verify(p, optimizer=optimizer)
         except CheckpointError as err:
             damaged.append((p, str(err)))
             continue

@@ -190,13 +190,24 @@ def _probe_features(model: Any, images: np.ndarray, batch_size: int, blocks: int
     return extract_features(model, images, batch_size, blocks, pool="mean-last-n")
 
 
+# Bumped whenever the evaluation preprocessing (decode, resize, crop, normalization) of
+# aimv2.data changes what features a cached file would hold.
+PREPROCESSING_VERSION = 1
+
+
 def _cache_key(model: Any, source: Any, split: str, blocks: int) -> str:
+    """What the features depend on: the encoder (spec and every weight), the source's
+    contents (:func:`aimv2.data.fingerprint`: its files' paths, sizes and mtimes), the
+    split, the blocks read and their pooling, and the preprocessing."""
+    from .data import fingerprint
+
     h = hashlib.sha256()
     h.update(json.dumps(model.spec.to_dict(), sort_keys=True).encode())
     for name, w in sorted(get_weights(model).items()):
         h.update(name.encode())
         h.update(np.ascontiguousarray(w).tobytes())
-    h.update(f"{getattr(source, 'name', source)}|{split}|{blocks}".encode())
+    pool = "mean-last-n" if blocks > 1 else "last"
+    h.update(f"{fingerprint(source)}|{split}|{blocks}|{pool}|{PREPROCESSING_VERSION}".encode())
     return h.hexdigest()[:16]
 
 
@@ -211,7 +222,8 @@ def source_features(
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(features (B, N, D), labels (B,)) of a labelled source, computed once and cached
-    (keyed by spec, weights, source and split) when ``cache_dir`` is given.
+    when ``cache_dir`` is given, keyed on everything they depend on: spec, weights, the
+    source's files (paths, sizes, mtimes), split, blocks, pooling and preprocessing.
 
     ``progress=True`` shows the images done on stderr (:class:`aimv2.progress.Progress`).
 
@@ -382,6 +394,7 @@ def probe_encoder(
     """
     cfg = cfg or ProbeConfig()
     tr_x, tr_y, te_x, te_y = _splits(encoder, data, cfg, cache_dir, progress)
+    _check_probe_sets(data, tr_y, te_y)
     if cfg.normalize:
         tr_x, te_x = standardize(tr_x, te_x)
     num_classes = int(max(tr_y.max(), te_y.max())) + 1
@@ -397,6 +410,21 @@ def probe_encoder(
         )
         out[kind] = {"train": res["train"], "heldout": res["heldout"]}
     return out
+
+
+def _check_probe_sets(data: str, train_y: np.ndarray, test_y: np.ndarray) -> None:
+    """A probe needs two classes to tell apart and a held-out sample to score."""
+    classes = np.unique(train_y)
+    if len(classes) < 2:
+        raise ValueError(
+            f"data {data!r}: the probe's training split holds {len(classes)} class "
+            f"(labels {classes.tolist()}); a probe needs at least two classes"
+        )
+    if len(test_y) == 0:
+        raise ValueError(
+            f"data {data!r}: the held-out split is empty ({len(train_y)} training samples); "
+            "a probe needs held-out samples to score"
+        )
 
 
 def _splits(encoder: Any, data: str, cfg: ProbeConfig, cache_dir: Any, progress: bool) -> tuple:

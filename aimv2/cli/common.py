@@ -13,10 +13,10 @@ from typing import Any
 from .. import checkpoint
 from ..backend import BackendUnavailable, build
 from ..distributed import DistributedError
-from ..formats import detect, from_pretrained
+from ..formats import from_pretrained
 from ..presets import load_spec
 from ..resize import resize_encoder
-from ..specs import LiTSpec, RealizationError
+from ..specs import RealizationError
 from ..training import TrainingError
 
 __all__ = ["load_spec", "load_encoder", "USER_ERRORS", "one_line"]
@@ -65,7 +65,18 @@ def load_encoder(path: str, backend: str, image_size: Any = None) -> Any:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"--checkpoint {path!r} does not exist")
-    ck_dir = checkpoint.latest(p) if p.is_dir() and not (p / "state.json").exists() else p
+    ck_dir: Path | None = p
+    if p.is_dir() and not (p / "state.json").exists() and checkpoint.latest(p) is not None:
+        found = checkpoint.newest_intact(p, optimizer=False)  # a run folder: its newest
+        if found.damaged:
+            why = found.damaged[0][1]
+            offer = (
+                f"; the newest intact one is {found.path.name}: pass --checkpoint {found.path}"
+                if found.path is not None
+                else "; no intact checkpoint is left"
+            )
+            raise ValueError(f"--checkpoint {path!r}: {why}{offer}")
+        ck_dir = found.path
     if ck_dir is not None and (Path(ck_dir) / "state.json").exists():
         spec, weights = checkpoint.encoder_of(checkpoint.load(ck_dir, optimizer=False))
         if image_size is not None:
@@ -75,9 +86,7 @@ def load_encoder(path: str, backend: str, image_size: Any = None) -> Any:
                 raise ValueError(f"--image-size {image_size!r}: {one_line(err)}") from None
         return build(spec, backend, weights=weights)
     try:
-        found = detect(path).spec
-        # a LiT model's image tower (with its pooling head) is the encoder
-        preset = found.image_encoder if isinstance(found, LiTSpec) else None
-        return from_pretrained(path, backend=backend, preset=preset, image_size=image_size)
+        # of a LiT model, the image tower (with its pooling head) is the encoder
+        return from_pretrained(path, backend=backend, image_size=image_size, part="image")
     except (ValueError, KeyError, TypeError) as err:
         raise ValueError(f"--checkpoint {path!r}: {one_line(err)}") from None

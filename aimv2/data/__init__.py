@@ -58,6 +58,7 @@ from .sample import (
     Source,
     StreamSource,
     UnreadableSourceError,
+    fingerprint,
 )
 from .shards import TarShardSource, expand_shards
 from .sources import open_source
@@ -70,6 +71,7 @@ __all__ = [
     "RawSample",
     "CorruptSampleError",
     "UnreadableSourceError",
+    "fingerprint",
     "max_pixels",
     "set_max_pixels",
     "DataWorkerError",

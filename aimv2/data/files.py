@@ -122,6 +122,10 @@ class CaptionFolderSource(IndexedSource):
         """The image path relative to the folder, without its extension."""
         return self.pairs[index][0].relative_to(self.root).with_suffix("").as_posix()
 
+    def content_files(self) -> list[str]:
+        """Every image and caption file, in order."""
+        return [os.fspath(p) for pair in self.pairs for p in pair]
+
     def _load(self, index: int) -> Sample:
         return self._load_raw(index).decode()
 
@@ -202,6 +206,10 @@ class ManifestSource(IndexedSource):
         """``MANIFEST_NAME:LINE``."""
         return self.entries[index][3]
 
+    def content_files(self) -> list[str]:
+        """The manifest and every image it names."""
+        return [os.fspath(self.path)] + [os.fspath(e[0]) for e in self.entries]
+
     def _load(self, index: int) -> Sample:
         return self._load_raw(index).decode()
 
@@ -279,6 +287,10 @@ class ImageFolderSource(IndexedSource):
                 f"imagefolder {os.fspath(root)!r}: no images in any class subfolder "
                 f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
             )
+
+    def content_files(self) -> list[str]:
+        """Every image, in order."""
+        return [os.fspath(p) for p, _ in self.items]
 
     def __len__(self) -> int:
         return len(self.items)

@@ -102,6 +102,10 @@ class TarShardSource(StreamSource):
         more = f" (+{len(self.shards) - 1} more)" if len(self.shards) > 1 else ""
         super().__init__(f"{first}{more}")
 
+    def content_files(self) -> list[str]:
+        """The shard files."""
+        return list(self.shards)
+
     def shard_split(self, rank: int, world_size: int) -> TarShardSource:
         """The shards of ``rank`` out of ``world_size``: every world_size-th from ``rank``.
 

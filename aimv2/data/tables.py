@@ -162,6 +162,10 @@ class _TableSource(IndexedSource):
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_open")}
 
+    def content_files(self) -> list[str]:
+        """The table files (images held in them by path are not followed)."""
+        return [os.fspath(p) for p in self._files]
+
     def __len__(self) -> int:
         return int(self._starts[-1])
 

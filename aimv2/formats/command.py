@@ -52,6 +52,11 @@ def add_convert_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--shard-size", help="shard transformers/official weights, e.g. 5GB")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    p.add_argument(
+        "--allow-nonfinite",
+        action="store_true",
+        help="convert tensors holding NaN or inf (refused by default; without --backend)",
+    )
     p.set_defaults(func=cmd_convert)
     return p
 
@@ -77,6 +82,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             max_shard_size=args.shard_size,
             overwrite=args.overwrite,
             progress=not args.quiet,
+            allow_nonfinite=getattr(args, "allow_nonfinite", False),
         )
         det = detect(out)
     except (FormatError, FileNotFoundError, FileExistsError, ValueError, TypeError) as err:

@@ -62,6 +62,11 @@ _TF_FIELDS = {  # Aimv2VisionConfig field -> spec field
 }
 
 
+# model_type of the transformers configs this reads: the vision tower alone, or a whole
+# Aimv2Model / the remote-code configs of the released folders
+MODEL_TYPES = ("aimv2_vision_model", "aimv2")
+
+
 def config_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     """Spec fields named by a transformers-style or timm ``config.json`` (others: empty).
 
@@ -74,6 +79,12 @@ def config_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     if isinstance(cfg.get("vision_config"), dict):  # a whole Aimv2Model (vision + text)
         cfg = cfg["vision_config"]
     out: dict[str, Any] = {}
+    model_type = cfg.get("model_type")
+    if "hidden_size" in cfg and model_type is not None and model_type not in MODEL_TYPES:
+        raise FormatError(
+            f"{where}: model_type={model_type!r} is not an AIMv2 config "
+            f"(expected one of {', '.join(map(repr, MODEL_TYPES))})"
+        )
     if "architecture" in cfg:  # timm hub config
         m = re.match(r"^aimv2_(large|huge|1b|3b)_patch(\d+)_(\d+)", str(cfg["architecture"]))
         args = dict(cfg.get("model_args") or {})
@@ -92,6 +103,7 @@ def config_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
         pre = cfg.get("pretrained_cfg") or {}
         if isinstance(pre.get("mean"), list) and isinstance(pre.get("std"), list):
             out["mean"], out["std"] = tuple(pre["mean"]), tuple(pre["std"])
+        _check_values(out, {dst: f"model_args.{key}" for key, dst in _TIMM_ARGS}, where)
         return out
     if "hidden_size" not in cfg:
         return out
@@ -107,7 +119,40 @@ def config_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise FormatError(f"{where}: hidden_act={act!r}; AIMv2's SwiGLU needs 'silu'")
+    _check_values(out, {dst: key for key, dst in _TF_FIELDS.items()}, where)
     return out
+
+
+def _check_values(out: dict[str, Any], names: dict[str, str], where: str) -> None:
+    """The values a config states that the tensor shapes cannot confirm: positive
+    integer sizes, heads that divide the width, a small positive norm eps, booleans."""
+
+    def bad(field: str, expected: str) -> FormatError:
+        return FormatError(
+            f"{where}: {names.get(field, field)}={out[field]!r}: expected {expected}"
+        )
+
+    for f in ("width", "depth", "heads", "hidden", "patch", "in_channels"):
+        v = out.get(f)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise bad(f, "a positive integer")
+    image = out.get("image")
+    if image is not None:
+        sizes = image if isinstance(image, (list, tuple)) else [image]
+        if len(sizes) not in (1, 2) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in sizes
+        ):
+            raise bad("image", "a positive integer or a (height, width) pair")
+    if out.get("heads") and out.get("width") and out["width"] % out["heads"]:
+        raise bad("heads", f"a divisor of the width {out['width']}")
+    eps = out.get("eps")
+    if eps is not None and (
+        not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 0.1
+    ):
+        raise bad("eps", "a small positive number (AIMv2 uses 1e-5)")
+    for f in ("qkv_bias", "mlp_bias", "use_head", "native"):
+        if f in out and not isinstance(out[f], bool):
+            raise bad(f, "true or false")
 
 
 def folder_config(folder: Path) -> tuple[dict[str, Any], str]:

@@ -21,6 +21,8 @@ Example:
 from __future__ import annotations
 
 import os
+import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,15 +78,19 @@ class Detected:
         return out
 
 
-def detect(path: PathLike, preset: Any = None) -> Detected:
+PARTS = (None, "image")
+
+
+def detect(path: PathLike, preset: Any = None, part: str | None = None) -> Detected:
     """Find what ``path`` holds (format, spec, files) and check every tensor name and shape.
 
     Reads only headers and JSON. ``preset`` (a preset name, ``ModelSpec``, ``EncoderSpec``
     or ``LiTSpec``) overrides the spec found in the checkpoint; it must then match the
     tensors. A folder holding both released layouts is read from ``model.safetensors``
     (both hold the same weights, and every backend loads either). A LiT model (official,
-    MLX or transformers ``Aimv2Model`` names) is detected whole; with an encoder
-    ``preset`` only its image tower is read.
+    MLX or transformers ``Aimv2Model`` names) is detected whole; ``part="image"`` (or an
+    encoder ``preset``) reads its image tower alone, and the groups left out are listed
+    once in a warning. A tensor the detected layout does not account for is an error.
 
     Example:
         >>> import tempfile, aimv2
@@ -96,16 +102,18 @@ def detect(path: PathLike, preset: Any = None) -> Detected:
         >>> d.format, d.spec.depth, d.origin
         ('mlx', 1, 'the spec stored in the file')
     """
+    if part not in PARTS:
+        raise ValueError(f"part={part!r}: expected None (the whole model) or 'image'")
     path = Path(os.fspath(path))
     kind, found, folder = locate(path)
     if kind == "checkpoint":
-        return _detect_checkpoint(found, preset)
+        return _detect_checkpoint(found, preset, part)
     files, wmap = found
     store = Store.open(files, wmap)
     where = str(path)
     layout = lit_layout(store)
     if layout is not None:
-        return _detect_lit(store, layout, folder, where, preset)
+        return _detect_lit(store, layout, folder, where, preset, part)
     fmt, prefix = _find_format(store, where)
     config, cfg_path = folder_config(folder)
     stored = _stored_spec(store, where)
@@ -168,14 +176,22 @@ def _lit_spec_of(preset: Any) -> tuple[S.LiTSpec, str]:
     return preset, f"preset {preset.name or 'spec'!r}"
 
 
-def _detect_lit(store: Store, layout: str, folder: Path, where: str, preset: Any) -> Detected:
-    """A LiT model's files: the whole model, or its image tower for an encoder preset."""
+def _detect_lit(
+    store: Store, layout: str, folder: Path, where: str, preset: Any, part: str | None
+) -> Detected:
+    """A LiT model's files: the whole model, or its image tower (``part="image"`` or an
+    encoder preset)."""
     fmt = _official_or_mlx(store, LIT_ANCHORS[layout][0]) if layout == "official" else layout
-    if preset is not None and not _is_lit(preset):
-        spec, origin = _spec_of(preset)
+    if part == "image" or (preset is not None and not _is_lit(preset)):
+        if preset is not None and not _is_lit(preset):
+            spec, origin = _spec_of(preset)
+        else:
+            whole = _detect_lit(store, layout, folder, where, preset, None)
+            spec, origin = whole.spec.image_encoder, f"{whole.origin} (its image tower)"
         prefix = IMAGE_PREFIX.get(fmt, "image_encoder.")
         det = Detected(fmt, spec, origin, tuple(store.files), prefix, store)
         _check_tensors(det, where)
+        _warn_left_out(store, prefix, where)
         return det
     cfg_file = folder / "config.json"
     raw = read_json(cfg_file) if cfg_file.is_file() else {}
@@ -227,7 +243,23 @@ def _stored_spec(store: Store, where: str, want: type = S.EncoderSpec) -> Any:
     return spec
 
 
-def _detect_checkpoint(ckpt_dir: Path, preset: Any) -> Detected:
+def _warn_left_out(store: Store, prefix: str, where: str) -> None:
+    """Say once which groups of a LiT model are not read when only its image tower is."""
+    groups = Counter(
+        k.split(".", 1)[0] + (".*" if "." in k else "")
+        for k in store.tensors
+        if not k.startswith(prefix)
+    )
+    if groups:
+        listed = ", ".join(f"{g} ({n} tensors)" if n > 1 else g for g, n in groups.items())
+        warnings.warn(
+            f"{where}: reading the image tower of a LiT model; left out: {listed}",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def _detect_checkpoint(ckpt_dir: Path, preset: Any, part: str | None = None) -> Detected:
     state = read_json(ckpt_dir / "state.json")
     if state.get("format") != _ckpt.FORMAT:
         raise FormatError(
@@ -237,7 +269,7 @@ def _detect_checkpoint(ckpt_dir: Path, preset: Any) -> Detected:
         saved = S.from_dict(state.get("spec"))
     except (S.SpecError, TypeError) as err:
         raise FormatError(f"{ckpt_dir / 'state.json'}: invalid spec ({err})") from err
-    lit = isinstance(saved, S.LiTSpec) and (preset is None or _is_lit(preset))
+    lit = isinstance(saved, S.LiTSpec) and part is None and (preset is None or _is_lit(preset))
     if lit:
         prefix, spec = "", saved
     elif isinstance(saved, S.LiTSpec):
@@ -258,6 +290,8 @@ def _detect_checkpoint(ckpt_dir: Path, preset: Any) -> Detected:
     store = Store.open([weights])
     det = Detected("aimv2", spec, origin, (weights,), prefix, store)
     _check_tensors(det, str(ckpt_dir))
+    if isinstance(saved, S.LiTSpec) and not lit:
+        _warn_left_out(store, prefix, str(ckpt_dir))
     return det
 
 

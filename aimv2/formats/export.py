@@ -30,7 +30,7 @@ from .. import specs as S
 from ..atomic import atomic_directory, write_json
 from ..backend import backend_of
 from ..progress import Progress
-from ..weights import parameters
+from ..weights import check_value, parameters
 from . import lit as lit_formats
 from .configs import processor_config, timm_config, transformers_config
 from .detect import Detected, PathLike, detect
@@ -87,8 +87,10 @@ class Canonical:
         return cls(model.spec, codes, lambda n: be.get_weight(model, n))
 
     @classmethod
-    def of_checkpoint(cls, det: Detected) -> Canonical:
-        """The tensors of a detected checkpoint, read from its files as asked."""
+    def of_checkpoint(cls, det: Detected, allow_nonfinite: bool = False) -> Canonical:
+        """The tensors of a detected checkpoint, read from its files as asked; a tensor
+        holding NaN or infinity is a :class:`~aimv2.weights.WeightsError` naming it (unless
+        ``allow_nonfinite``)."""
         store = det.store
         assert store is not None
         plan = det.plan()
@@ -96,7 +98,11 @@ class Canonical:
 
         def fetch(n: str) -> np.ndarray:
             src, op = plan[n]
-            return combine(op, [store.read(k) for k in src])
+            value = combine(op, [store.read(k) for k in src])
+            finite = bool(np.isfinite(value.astype(np.float32, copy=False)).all())
+            where = str(det.files[0] if len(det.files) == 1 else det.files[0].parent)
+            check_value(", ".join(src), finite, where, allow_nonfinite)
+            return value
 
         return cls(det.spec, codes, fetch)
 
@@ -167,8 +173,12 @@ def convert(
     max_shard_size: int | str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    allow_nonfinite: bool = False,
 ) -> Path:
     """Convert a checkpoint to format ``to``; returns the path written.
+
+    A tensor holding NaN or infinity stops the conversion naming it, and nothing is
+    written (``allow_nonfinite=True`` converts it anyway, without a backend).
 
     With ``backend=None`` tensors stream from file to file through NumPy (no framework, one
     tensor in memory at a time); with ``"torch"``/``"mlx"`` the model is built first (a full
@@ -197,7 +207,7 @@ def convert(
         )
     det = detect(src, preset=preset)
     return _write_format(
-        Canonical.of_checkpoint(det),
+        Canonical.of_checkpoint(det, allow_nonfinite),
         to,
         Path(os.fspath(dst)),
         dtype_code(dtype),

@@ -42,6 +42,7 @@ def from_pretrained(
     *,
     device: Any = None,
     image_size: Any = None,
+    part: str | None = None,
 ) -> Any:
     """Build an AIMv2 encoder — or a LiT two-tower model, from a LiT checkpoint — from a
     checkpoint file or folder in any supported format.
@@ -59,6 +60,9 @@ def from_pretrained(
     ``image_size`` (an int or (height, width)) loads the encoder for another input size:
     its learned position table is resampled on the way in, as
     :func:`aimv2.resize_encoder` does (e.g. the released 224 model at 336 or 448).
+    ``part="image"`` reads only the image tower of a LiT model (the groups left out are
+    listed once in a warning); a tensor the detected layout does not account for is a
+    :class:`~aimv2.formats.FormatError` naming it.
 
     Example:
         >>> import tempfile, aimv2
@@ -73,7 +77,7 @@ def from_pretrained(
     be = load_backend(backend)  # an unknown name or a missing framework fails before any read
     target = _native_dtype(be, dtype)  # so does a dtype the backend cannot hold
     place = be.native_device(device)  # and a device it cannot place weights on
-    det = detect(path, preset=preset)
+    det = detect(path, preset=preset, part=part)
     if image_size is None:
         return be.load_weights(det.spec, _stored(det), dtype=target, device=place)
     spec = resized_spec(det.spec, image_size)
