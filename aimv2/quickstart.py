@@ -21,7 +21,7 @@ Example:
     >>> r = run(tempfile.mkdtemp(), steps=2, batch_size=8, probe_epochs=1, progress=False,
     ...         finetune_epochs=0.05, lit_steps=2)
     >>> sorted(r["probes"]), sorted(r["finetune"]), sorted(r["zero_shot"]["top1"])
-    (['pretrained', 'random_init', 'raw_pixels'], ['pretrained', 'random_init'])
+    (['pretrained', 'random_init', 'raw_pixels'], ['pretrained', 'random_init'], ['pretrained', 'random_init'])
 """
 
 from __future__ import annotations

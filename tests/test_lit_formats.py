@@ -15,6 +15,8 @@ bidirectionally — what a text tower with ``causal=False`` computes. Both are t
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -273,7 +275,11 @@ def test_encoder_tools_read_the_image_tower_of_a_lit_model(tmp_path):
     model = aimv2.build(spec, INSTALLED[0], weights=w)
     for fmt in ("official", "aimv2"):
         out = formats.save_pretrained(model, tmp_path / fmt, format=fmt)
-        enc = load_encoder(str(out), INSTALLED[0])
+        # a released file lists what is left out; our own checkpoint folder is read with
+        # checkpoint.encoder_of, which asks for the encoder by name
+        said = pytest.warns(UserWarning, match=r"left out: .*text_encoder\.\*")
+        with said if fmt == "official" else contextlib.nullcontext():
+            enc = load_encoder(str(out), INSTALLED[0])
         assert enc.spec == spec.image_encoder and enc.spec.head is not None
         got = aimv2.get_weights(enc)
         assert all(np.array_equal(got[k], w["image_encoder." + k]) for k in got)

@@ -112,7 +112,7 @@ def resolve_spec(spec: Any) -> S.EncoderSpec | S.ModelSpec:
         >>> resolve_spec("aimv2-test-tyni")
         Traceback (most recent call last):
         ...
-        ValueError: preset name='aimv2-test-tyni' is unknown; did you mean ['aimv2-test-tiny']?
+        ValueError: preset name='aimv2-test-tyni' is unknown; did you mean ['aimv2-test-tiny', 'aimv2-lit-test-tiny']?
     """
     if isinstance(spec, (S.EncoderSpec, S.ModelSpec)):
         return spec
