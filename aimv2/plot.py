@@ -63,6 +63,12 @@ _TITLES = {
     "text_loss": "text loss (caption cross-entropy)",
     "lr": "learning rate",
 }
+_YLABELS = {
+    "loss": "loss",
+    "pixel_loss": "MSE (normalized pixels)",
+    "text_loss": "cross-entropy (nats)",
+    "lr": "learning rate",
+}
 _PROBE_ROWS = {
     "pretrained": "AIMv2 pre-trained",
     "random_init": "random init\n(same architecture)",
@@ -258,6 +264,11 @@ def _plain_log_labels(ax: Axes) -> None:
     elif hi / lo < 30:
         ax.yaxis.set_minor_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))
         ax.yaxis.set_minor_formatter(fmt)
+    elif hi / lo < 300:  # a decade or two: label 2 and 5 of each, plainly
+        ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(fmt)
+    else:  # decades: the decade ticks alone
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def save_figure(fig: Figure, out_png: PathLike) -> Path:
@@ -342,7 +353,7 @@ def loss_figure(
         color = f"C{i % 10}"
         ax.set_title(_TITLES.get(key, key))
         ax.set_xlabel("step")
-        ax.set_ylabel(key)
+        ax.set_ylabel(_YLABELS.get(key, key))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, which="major", alpha=0.3)
         if key == lr:

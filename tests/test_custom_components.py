@@ -193,11 +193,11 @@ test_encoder_with_both_parity_property = testing.property_test(encoder_specs(), 
 def test_rope_rotation_is_relative() -> None:
     """q·k after the rotation depends on the grid offset between the tokens only."""
     spec = cc.RoPEAttentionSpec(width=16, heads=1, grid=(3, 4), base=100.0)
-    cos, sin = cc.rope_tables(spec.grid, spec.head_dim, spec.base)
+    cos, sin = cc.rope_attention.rope_tables(spec.grid, spec.head_dim, spec.base)
     rng = np.random.default_rng(0)
     q, k = rng.standard_normal(16), rng.standard_normal(16)
-    qs = cc.rope_rotate_reference(np.broadcast_to(q, (12, 16)), cos, sin)
-    ks = cc.rope_rotate_reference(np.broadcast_to(k, (12, 16)), cos, sin)
+    qs = cc.rope_attention.rope_rotate_reference(np.broadcast_to(q, (12, 16)), cos, sin)
+    ks = cc.rope_attention.rope_rotate_reference(np.broadcast_to(k, (12, 16)), cos, sin)
     # token (row, col) = (t // 4, t % 4): pairs (0,0)-(1,2) and (1,1)-(2,3) share the offset
     assert qs[0] @ ks[6] == pytest.approx(qs[5] @ ks[11], abs=1e-12)
     assert qs[0] @ ks[6] != pytest.approx(qs[0] @ ks[7], abs=1e-3)
@@ -597,5 +597,6 @@ def test_trajectory_gap_counts_missing_steps_as_infinite() -> None:
 def test_the_example_docstring_examples_hold() -> None:
     import doctest
 
-    result = doctest.testmod(cc, optionflags=doctest.ELLIPSIS)
-    assert result.attempted > 20 and result.failed == 0
+    for module in (cc, cc.rope_attention):  # the example and its rotary-attention module
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.attempted >= 8 and result.failed == 0, (module.__name__, result)

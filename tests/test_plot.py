@@ -80,7 +80,12 @@ def test_plot_metrics_draws_one_panel_per_loss_term_and_the_learning_rate(tmp_pa
         "text loss (caption cross-entropy)",
         "learning rate",
     ]
-    assert [ax.get_ylabel() for ax in axes] == ["loss", "pixel_loss", "text_loss", "lr"]
+    assert [ax.get_ylabel() for ax in axes] == [
+        "loss",
+        "MSE (normalized pixels)",
+        "cross-entropy (nats)",
+        "learning rate",
+    ]
     assert {ax.get_xlabel() for ax in axes} == {"step"}
     assert [ax.get_yscale() for ax in axes] == ["log", "log", "log", "linear"]
     for k, ax in enumerate(axes[:3]):
@@ -115,7 +120,11 @@ def test_panels_follow_the_keys_present_and_keep_their_colour(tmp_path):
     rows = [{"step": s, "loss": 2 / s, "pixel_loss": 1 / s, "lr": 0.1} for s in range(1, 9)]
     fig = loss_figure(read_metrics(_write_metrics(tmp_path / "p.jsonl", rows)))
     assert [ax.get_subplotspec().get_geometry()[:2] for ax in fig.axes] == [(1, 3)] * 3
-    assert [ax.get_ylabel() for ax in fig.axes] == ["loss", "pixel_loss", "lr"]
+    assert [ax.get_ylabel() for ax in fig.axes] == [
+        "loss",
+        "MSE (normalized pixels)",
+        "learning rate",
+    ]
 
 
 def test_log_axis_choice_and_narrow_ranges_get_labels():
@@ -134,6 +143,21 @@ def test_log_axis_choice_and_narrow_ranges_get_labels():
         if lo <= v <= hi
     ]
     assert len(labels) >= 3 and all(labels), labels  # not a lone "1" on a 1.0-1.08 axis
+
+
+def test_an_axis_of_one_or_two_decades_has_plain_minor_labels():
+    """0.2 to 6 (the quickstart's caption loss) once came out as 2×10⁻¹ … 6×10⁰."""
+    steps = list(range(1, 101))
+    ax = loss_figure({"text_loss": (steps, list(np.geomspace(6.0, 0.2, 100)))}).axes[0]
+    ax.figure.canvas.draw()
+    lo, hi = ax.get_ylim()
+    shown = [
+        t.get_text()
+        for t, v in zip(ax.get_yticklabels(minor=True), ax.get_yticks(minor=True), strict=True)
+        if lo <= v <= hi and t.get_text()
+    ]
+    assert shown and not any("times" in s or "^" in s for s in shown), shown
+    assert {"0.2", "0.5", "2", "5"} <= set(shown), shown
 
 
 def test_a_short_run_still_draws_raw_points_and_a_line():
