@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = ["patchify", "normalize_patches", "sincos_2d", "resample_matrix", "resample_grid"]
@@ -45,7 +47,7 @@ def normalize_patches(x: np.ndarray, eps: float = 1e-6, unbiased: bool = True) -
 
 
 def sincos_2d(
-    width: int, rows: int, cols: int, temperature: float = 10000.0, dtype=np.float64
+    width: int, rows: int, cols: int, temperature: float = 10000.0, dtype: Any = np.float64
 ) -> np.ndarray:
     """AIMv2's 2D sin-cos table (rows·cols, width), tokens row-major.
 

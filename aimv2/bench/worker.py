@@ -95,7 +95,19 @@ class Remote:
 
 
 def worker_main() -> int:
-    """The worker loop: one JSON request per stdin line, one JSON reply per stdout line."""
+    """The worker loop: one JSON request per stdin line, one JSON reply per stdout line
+    (``add``, ``prepare``, ``run``; ``quit`` or the end of stdin ends it). It takes over
+    the process's stdout, so it runs in a process of its own.
+
+    Example:
+        >>> import json, subprocess, sys
+        >>> code = "from aimv2.bench.worker import worker_main; worker_main()"
+        >>> ask = json.dumps({"op": "nope"}) + chr(10)
+        >>> out = subprocess.run([sys.executable, "-c", code], input=ask, capture_output=True,
+        ...                      text=True).stdout
+        >>> json.loads(out)
+        {'skip': "unknown request 'nope'"}
+    """
     replies = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever else gets printed goes to stderr, not into the protocol
     subjects: dict[int, Local] = {}
