@@ -16,12 +16,7 @@ class-name prompts only — what pre-training buys the text side too.
 Horizontal flips are off for digits (a flipped 2 is not a 2) and crops keep ≥ 60% of
 the area; everything else is the paper's recipe scaled down.
 
-Example:
-    >>> import tempfile
-    >>> r = run(tempfile.mkdtemp(), steps=2, batch_size=8, probe_epochs=1, progress=False,
-    ...         finetune_epochs=0.05, lit_steps=2)
-    >>> sorted(r["probes"]), sorted(r["finetune"]), sorted(r["zero_shot"]["top1"])
-    (['pretrained', 'random_init', 'raw_pixels'], ['pretrained', 'random_init'], ['pretrained', 'random_init'])
+Example: :func:`run`; ``aimv2 quickstart --out runs/quickstart`` on the command line.
 """
 
 from __future__ import annotations
@@ -76,6 +71,13 @@ def run(
 
     Re-running with the same ``out`` resumes (or reuses) the pre-training, fine-tuning and
     LiT runs.
+
+    Example:
+        >>> import tempfile
+        >>> r = run(tempfile.mkdtemp(), steps=2, batch_size=8, probe_epochs=1, progress=False,
+        ...         finetune_epochs=0.05, lit_steps=2)
+        >>> sorted(r["probes"]), sorted(r["finetune"]), sorted(r["zero_shot"]["top1"])
+        (['pretrained', 'random_init', 'raw_pixels'], ['pretrained', 'random_init'], ['pretrained', 'random_init'])
     """
     t0 = time.perf_counter()
     out_dir = Path(out)
