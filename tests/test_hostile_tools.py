@@ -211,3 +211,17 @@ def test_config_values_the_shapes_cannot_confirm_are_validated(tmp_path, changes
 def test_a_valid_transformers_config_still_loads(tmp_path):
     path = _transformers_folder(tmp_path)
     assert detect(path).spec == aimv2.presets.get(TINY).encoder
+
+
+def test_the_command_line_says_what_a_lit_image_tower_leaves_out_in_one_line(tmp_path, capsys):
+    path, _ = _lit_file(tmp_path)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "a.png")
+    argv = ["extract", "--checkpoint", str(path), "--images", str(folder)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main([*argv, "--out", str(tmp_path / "f.npy"), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "aimv2 extract: warning: " in err and "left out: " in err, err
+    assert "UserWarning" not in err and "load.py" not in err, err

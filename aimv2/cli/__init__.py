@@ -18,6 +18,8 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
+from typing import Any
 
 from .. import blas
 from ..bench import add_bench_parser
@@ -84,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         [args.command] + ([args.tokenizer_command] if args.command == "tokenizer" else [])
     )
     try:
-        status = int(args.func(args) or 0)
+        with warnings.catch_warnings():  # restores showwarning after the command
+            warnings.showwarning = _warning_line(name, warnings.showwarning)
+            status = int(args.func(args) or 0)
         sys.stdout.flush()  # a reader that went away shows here, not at exit
         return status
     except BrokenPipeError:  # `aimv2 presets | head -1`: the reader is done; so are we
@@ -100,6 +104,35 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"aimv2 {name}: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _warning_line(name: str, fallback: Any) -> Any:
+    """A ``warnings.showwarning`` that prints the library's own warnings as one line,
+    ``aimv2 CMD: warning: …`` (others as Python shows them).
+
+    Example:
+        >>> show = _warning_line("probe", None)
+        >>> show(UserWarning("left out: x"), UserWarning, __file__, 1, file=sys.stdout)
+        aimv2 probe: warning: left out: x
+    """
+
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: Any = None,
+        line: str | None = None,
+    ) -> None:
+        if os.path.abspath(filename).startswith(_PACKAGE + os.sep) or fallback is None:
+            print(f"aimv2 {name}: warning: {one_line(message)}", file=file or sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def mlx_only(args: argparse.Namespace) -> bool:
