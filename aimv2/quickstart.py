@@ -14,7 +14,8 @@ a 2-block text tower, the contrastive loss), and the held-out digits are classif
 class-name prompts only — what pre-training buys the text side too.
 
 Horizontal flips are off for digits (a flipped 2 is not a 2) and crops keep ≥ 60% of
-the area; everything else is the paper's recipe scaled down.
+the area in pre-training, ≥ 80% in fine-tuning (LiT's locked tower reads whole images);
+everything else is the paper's recipe scaled down.
 
 Example: :func:`run`; ``aimv2 quickstart --out runs/quickstart`` on the command line.
 """
@@ -38,7 +39,16 @@ __all__ = ["run", "format_report"]
 DATA = "builtin:digits"
 PRESET = "aimv2-small-patch4-16"
 # Fine-tuning recipe for the digits (both encoders alike): see FINETUNE_EPOCHS.
-FINETUNE = {"lr": 1e-3, "layer_decay": 0.75, "label_smoothing": 0.1, "batch_size": 64}
+# Crops keep >= 80% of the area: the probes read whole digits, and on 8x8 digits a 60%
+# crop cuts strokes off (fine-tuning the MLX-pre-trained encoder at 0.6: 98.3% held-out,
+# under its frozen probe's 99.2%; at 0.8: 99.4%).
+FINETUNE = {
+    "lr": 1e-3,
+    "layer_decay": 0.75,
+    "label_smoothing": 0.1,
+    "batch_size": 64,
+    "crop_scale": (0.8, 1.0),
+}
 FINETUNE_EPOCHS = 15.0
 
 LIT_PRESET = "aimv2-lit-small-patch4-16"
@@ -170,7 +180,6 @@ def run(
                 epochs=finetune_epochs,
                 seed=seed,
                 hflip=False,
-                crop_scale=(0.6, 1.0),
                 progress=progress,
                 resume=checkpoint.latest(ft_dir) is not None,
                 **FINETUNE,
