@@ -1,4 +1,5 @@
-"""What several ``aimv2`` commands share: specs and encoders named on the command line.
+"""What several ``aimv2`` commands share: specs and encoders named on the command line,
+the flag spellings of the training runs, running one rank of a launched run.
 
 Example:
     >>> load_spec("aimv2-test-tiny").encoder.width
@@ -7,19 +8,25 @@ Example:
 
 from __future__ import annotations
 
+import json
+import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .. import checkpoint
-from ..backend import BackendUnavailable, build
-from ..distributed import DistributedError
+from ..backend import BACKENDS, BackendUnavailable, build
+from ..distributed import DistributedError, detect_launch
+from ..finetune import FinetuneError
+from ..flags import Flag
 from ..formats import from_pretrained
 from ..presets import load_spec
 from ..resize import resize_encoder
 from ..specs import RealizationError
 from ..training import TrainingError
 
-__all__ = ["load_spec", "load_encoder", "USER_ERRORS", "one_line"]
+__all__ = ["load_spec", "load_encoder", "USER_ERRORS", "one_line", "RUN_FLAGS", "run_launched"]
 
 
 # What a command reports as one line and exit status 2 instead of a traceback: errors
@@ -29,10 +36,60 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,  # SpecError, WeightsError, FormatError, CheckpointError, CorruptSampleError
     OSError,  # missing files, permissions, a full disk
     TrainingError,
+    FinetuneError,
     DistributedError,
     BackendUnavailable,
     RealizationError,
 )
+
+
+# Where a training run's flag differs from its config field, the same in ``pretrain``,
+# ``finetune`` and ``lit`` (names and meanings users' scripts depend on); each command adds
+# its own. Every other field is a flag of its own name, type and default.
+RUN_FLAGS = {
+    "backend": Flag(choices=BACKENDS),
+    "clip_norm": Flag(to_field=lambda v: v if v is not None and v > 0 else None),
+    "num_workers": Flag("--workers"),
+    "hflip": Flag("--no-hflip", invert=True, help="no horizontal-flip augmentation"),
+    "crop_scale": Flag(
+        "--crop-scale-min",
+        type=float,
+        to_field=lambda v: (v, 1.0),
+        shown=0.4,
+        help="RandomResizedCrop minimum area fraction",
+    ),
+    "progress": Flag("--quiet", invert=True, help="no progress bar"),
+}
+
+
+def run_launched(
+    command: str, train: Callable[[], dict[str, Any]], own: tuple[type[BaseException], ...]
+) -> int:
+    """Run ``train()`` and print its result as JSON (rank 0 of a launched run, or the only
+    process); returns the exit status. The command's ``own`` errors go to
+    :func:`aimv2.cli.main` (one line, status 2); under a launcher any other error prints
+    its traceback and one line naming the rank (status 1), so the launcher's summary shows
+    which rank failed.
+
+    Example:
+        >>> run_launched("pretrain", lambda: {"step": 2}, ())
+        {"step": 2}
+        0
+    """
+    launch = detect_launch()
+    try:
+        result = train()
+    except own:
+        raise
+    except Exception as err:
+        if launch is None:
+            raise
+        traceback.print_exc()
+        print(f"aimv2 {command}: [rank {launch.rank}] {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    if launch is None or launch.rank == 0:
+        print(json.dumps(result))
+    return 0
 
 
 def one_line(err: BaseException) -> str:

@@ -11,53 +11,22 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-import traceback
 from typing import Any
 
-from ..backend import BACKENDS
-from ..distributed import detect_launch
 from ..finetune import FinetuneConfig, FinetuneError, finetune
-from ..flags import Flag, add_config_flags, config_from_args
+from ..flags import add_config_flags, config_from_args
+from .common import RUN_FLAGS, run_launched
 
 __all__ = ["add_parsers", "FINETUNE_FLAGS"]
 
 # Where a fine-tuning flag differs from its FinetuneConfig field (the same spellings as
 # ``aimv2 pretrain``); every other field is a flag of its own name, type and default.
-FINETUNE_FLAGS = {
-    "backend": Flag(choices=BACKENDS),
-    "clip_norm": Flag(to_field=lambda v: v if v is not None and v > 0 else None),
-    "num_workers": Flag("--workers"),
-    "hflip": Flag("--no-hflip", invert=True, help="no horizontal-flip augmentation"),
-    "crop_scale": Flag(
-        "--crop-scale-min",
-        type=float,
-        to_field=lambda v: (v, 1.0),
-        shown=0.4,
-        help="RandomResizedCrop minimum area fraction",
-    ),
-    "progress": Flag("--quiet", invert=True, help="no progress bar"),
-}
+FINETUNE_FLAGS = dict(RUN_FLAGS)
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    launch = detect_launch()
-    try:
-        cfg = config_from_args(FinetuneConfig, args, FINETUNE_FLAGS)
-        result = finetune(cfg)
-    except FinetuneError as err:
-        print(f"aimv2 finetune: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        if launch is None:
-            raise
-        traceback.print_exc()
-        print(f"aimv2 finetune: [rank {launch.rank}] {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    if launch is None or launch.rank == 0:
-        print(json.dumps(result))
-    return 0
+    cfg = config_from_args(FinetuneConfig, args, FINETUNE_FLAGS)
+    return run_launched("finetune", lambda: finetune(cfg), (FinetuneError,))
 
 
 def add_parsers(sub: Any) -> None:

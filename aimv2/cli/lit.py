@@ -12,15 +12,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
 from .. import atomic
 from ..backend import BACKENDS
-from ..distributed import detect_launch
 from ..flags import Flag, add_config_flags, config_from_args
 from ..lit import (
     DEFAULT_TEMPLATES,
@@ -31,23 +28,20 @@ from ..lit import (
     lit_train,
     load_lit,
 )
-from .common import load_spec
+from .common import RUN_FLAGS, load_spec, run_launched
 
 __all__ = ["add_parsers", "LIT_FLAGS", "parse_classes"]
 
 # Where a LiT flag differs from its LitConfig field; every other field is a flag of its own
 # name, type and default.
 LIT_FLAGS = {
+    **RUN_FLAGS,
     "spec": Flag(to_field=lambda text: None if text is None else load_spec(text)),
-    "backend": Flag(choices=BACKENDS),
-    "clip_norm": Flag(to_field=lambda v: v if v is not None and v > 0 else None),
-    "num_workers": Flag("--workers"),
     "cache_features": Flag(
         "--no-cache-features",
         invert=True,
         help="run the locked trunk on augmented images every step instead",
     ),
-    "hflip": Flag("--no-hflip", invert=True, help="no horizontal flips"),
     "crop_scale": Flag(
         "--crop-scale-min",
         type=float,
@@ -55,7 +49,6 @@ LIT_FLAGS = {
         shown=0.4,
         help="RandomResizedCrop minimum area fraction (uncached images)",
     ),
-    "progress": Flag("--quiet", invert=True, help="no progress on stderr"),
 }
 
 
@@ -87,21 +80,7 @@ def _write(out: str | None, default_name: str, result: dict[str, Any]) -> Path |
 
 def _cmd_lit(args: argparse.Namespace) -> int:
     cfg = config_from_args(LitConfig, args, LIT_FLAGS)
-    launch = detect_launch()
-    try:
-        result = lit_train(cfg)
-    except LitError as err:
-        print(f"aimv2 lit: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:
-        if launch is None:
-            raise
-        traceback.print_exc()
-        print(f"aimv2 lit: [rank {launch.rank}] {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    if launch is None or launch.rank == 0:
-        print(json.dumps(result))
-    return 0
+    return run_launched("lit", lambda: lit_train(cfg), (LitError,))
 
 
 def _cmd_zeroshot(args: argparse.Namespace) -> int:

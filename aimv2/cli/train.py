@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import sys
-import traceback
 from pathlib import Path
 from typing import Any
 
-from ..backend import BACKENDS
 from ..data import open_source
-from ..distributed import detect_launch
 from ..flags import Flag, add_config_flags, config_from_args
 from ..plot import plot_metrics
 from ..text import Tokenizer
 from ..training import PretrainConfig, TrainingError, pretrain
-from .common import load_spec
+from .common import RUN_FLAGS, load_spec, run_launched
 
 __all__ = ["add_parsers"]
 
@@ -33,19 +29,8 @@ __all__ = ["add_parsers"]
 # Where a pre-training flag differs from its PretrainConfig field (names and meanings users'
 # scripts depend on): every other field is a flag of its own name, type and default.
 PRETRAIN_FLAGS = {
+    **RUN_FLAGS,
     "spec": Flag(to_field=lambda text: None if text is None else load_spec(text)),
-    "backend": Flag(choices=BACKENDS),
-    "clip_norm": Flag(to_field=lambda v: v if v is not None and v > 0 else None),
-    "num_workers": Flag("--workers"),
-    "hflip": Flag("--no-hflip", invert=True, help="no horizontal-flip augmentation"),
-    "crop_scale": Flag(
-        "--crop-scale-min",
-        type=float,
-        to_field=lambda v: (v, 1.0),
-        shown=0.4,
-        help="RandomResizedCrop minimum area fraction",
-    ),
-    "progress": Flag("--quiet", invert=True, help="no progress bar"),
     "caption_columns": Flag("--caption-column", repeat=True),
     "reduced_decode": Flag(
         "--full-decode", invert=True, help="decode JPEGs in full (default: at the reduced size)"
@@ -55,21 +40,7 @@ PRETRAIN_FLAGS = {
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = config_from_args(PretrainConfig, args, PRETRAIN_FLAGS)
-    launch = detect_launch()
-    try:
-        result = pretrain(cfg)
-    except TrainingError:
-        raise  # one line from aimv2.cli.main (the rank is in the message)
-    except Exception as err:
-        if launch is None:
-            raise
-        # One rank of a launched run: its traceback, then one line that names it.
-        traceback.print_exc()
-        print(f"aimv2 pretrain: [rank {launch.rank}] {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
-    if launch is None or launch.rank == 0:
-        print(json.dumps(result))
-    return 0
+    return run_launched("pretrain", lambda: pretrain(cfg), (TrainingError,))
 
 
 def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
