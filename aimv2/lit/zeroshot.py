@@ -88,11 +88,7 @@ def encode_images(model: Any, images: Any, *, batch_size: int = 64) -> Any:
         raise ValueError(
             f"images: expected a batch (B, C, H, W), got shape {tuple(getattr(images, 'shape', ()))}"
         )
-    chunks = []
-    with be.inference():
-        for part in _batches(be, model, images, batch_size):
-            chunks.append(be.to_numpy(model.embed_images(part)))
-    return be.from_numpy(np.concatenate(chunks).astype(np.float32))
+    return _embed(be, model, model.embed_images, images, batch_size)
 
 
 def encode_texts(model: Any, tokens: Any, *, batch_size: int = 256) -> Any:
@@ -110,10 +106,13 @@ def encode_texts(model: Any, tokens: Any, *, batch_size: int = 256) -> Any:
         raise ValueError(
             f"tokens: expected token ids (B, T), got shape {tuple(getattr(tokens, 'shape', ()))}"
         )
-    chunks = []
+    return _embed(be, model, model.embed_texts, tokens, batch_size)
+
+
+def _embed(be: Any, model: Any, embed: Any, x: Any, batch_size: int) -> Any:
+    """``embed`` of ``x`` ``batch_size`` rows at a time, concatenated as float32."""
     with be.inference():
-        for part in _batches(be, model, tokens, batch_size):
-            chunks.append(be.to_numpy(model.embed_texts(part)))
+        chunks = [be.to_numpy(embed(part)) for part in _batches(be, model, x, batch_size)]
     return be.from_numpy(np.concatenate(chunks).astype(np.float32))
 
 
