@@ -597,6 +597,9 @@ def test_trajectory_gap_counts_missing_steps_as_infinite() -> None:
 def test_the_example_docstring_examples_hold() -> None:
     import doctest
 
+    attempted = 0
     for module in (cc, cc.rope_attention):  # the example and its rotary-attention module
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.attempted >= 8 and result.failed == 0, (module.__name__, result)
+        assert result.failed == 0, (module.__name__, result)
+        attempted += result.attempted
+    assert attempted > 20  # the bound the single-file example had
