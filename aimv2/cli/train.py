@@ -51,7 +51,8 @@ def _cmd_tokenizer_train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"aimv2 tokenizer train: --data {args.data!r}: {err}", file=sys.stderr)
         return 2
-    captions = (s.caption for s in itertools.islice(source, args.max_captions))
+    # every caption of every sample (alt-text and synthetic alike), images not decoded
+    captions = itertools.islice(itertools.chain.from_iterable(source.captions()), args.max_captions)
     try:
         tok = Tokenizer.train(captions, args.vocab_size, args.out, model_type=args.model_type)
     except ValueError as err:
@@ -91,7 +92,12 @@ def add_parsers(sub: Any) -> None:
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--out", required=True)
     t.add_argument("--model-type", default="unigram", choices=["unigram", "bpe"])
-    t.add_argument("--max-captions", type=int, default=1_000_000)
+    t.add_argument(
+        "--max-captions",
+        type=int,
+        default=1_000_000,
+        help="train on at most this many captions (each of a sample's captions counts)",
+    )
     t.set_defaults(func=_cmd_tokenizer_train)
 
     p = sub.add_parser("plot", help="draw a run's loss curves to a PNG")

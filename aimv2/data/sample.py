@@ -189,6 +189,19 @@ class Source:
     def __iter__(self) -> Iterator[Sample]:
         raise NotImplementedError
 
+    def captions(self) -> Iterator[tuple[str, ...]]:
+        """Every sample's captions in order, without decoding images where the source
+        keeps them encoded (what a tokenizer is trained on). Unreadable samples are
+        skipped and counted in ``skipped`` as iteration skips them.
+
+        Example:
+            >>> from aimv2.data import open_source
+            >>> next(open_source("builtin:digits").captions())
+            ('a pixelated 0 drawn by hand',)
+        """
+        for sample in self:
+            yield sample.captions
+
     def content_files(self) -> list[str]:
         """The files the samples are read from (none for a generated source, whose name
         says it all): what :func:`fingerprint` stats."""
@@ -301,6 +314,15 @@ class IndexedSource(Source):
             sample = self.get(i)
             if sample is not None:
                 yield sample
+
+    def captions(self) -> Iterator[tuple[str, ...]]:
+        """Every sample's captions in index order, read without decoding the images of
+        file-backed sources (:meth:`Source.captions`)."""
+        for i in range(len(self)):
+            try:
+                yield self._load_raw(i).captions
+            except Exception as err:
+                self._skip(self.key(i), f"{type(err).__name__}: {err}")
 
 
 class StreamSource(Source):

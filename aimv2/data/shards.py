@@ -197,6 +197,13 @@ class TarShardSource(StreamSource):
             self._skip(raw.key, f"{type(err).__name__}: {err}")
             return None
 
+    def captions(self) -> Iterator[tuple[str, ...]]:
+        """Every complete record's captions in shard order; no image is decoded."""
+        for rec in self.records():
+            raw = self.raw(rec)
+            if raw is not None:
+                yield raw.captions
+
     def __iter__(self) -> Iterator[Sample]:
         for rec in self.records():
             sample = self.decode(rec)
