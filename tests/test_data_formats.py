@@ -232,3 +232,74 @@ def test_pretrain_flags_reach_the_loader(sets, tmp_path, capsys):
     assert config["reduced_decode"] is True
     assert main([*args, "--out", str(tmp_path / "bad"), "--image-column", "photo"]) == 2
     assert "image_column='photo'" in capsys.readouterr().err
+
+
+def test_label_and_key_columns_of_the_wrong_type_are_refused_at_open(sets, tmp_path):
+    # before: a string label column passed the open and every row was then skipped as
+    # "label 'x' is not a non-negative integer" — a whole epoch of warnings, no error
+    with pytest.raises(ValueError, match="label_column: column 'txt' .* is string; expected"):
+        open_source(sets["parquet"], caption_columns="txt", label_column="txt")
+    with pytest.raises(ValueError, match="key_column: column 'syn' .* is list<"):
+        open_source(sets["parquet"], caption_columns="txt", key_column="syn")
+    table = pa.table({"jpg": [jpeg(0)], "txt": ["a"], "uid": [7], "score": [0.5]})
+    pq.write_table(table, tmp_path / "ok.parquet")
+    src = open_source(tmp_path / "ok.parquet")  # an integer key column is a key
+    assert src.get(0).key == "7"
+    with pytest.raises(ValueError, match="label_column: column 'score' .* is double"):
+        open_source(tmp_path / "ok.parquet", label_column="score")
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "hf"])
+def test_captions_are_read_without_decoding_an_image(sets, kind, monkeypatch):
+    import PIL.ImageFile
+
+    src = open_source(sets[kind], **columns(kind))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("an image was decoded to read captions")
+
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", refuse)
+    got = list(src.captions())
+    # every row's captions, the corrupt image's too (its text is fine)
+    assert got == [(f"alt text {i}", f"synthetic {i}") for i in range(N)]
+    assert src.skipped == 0
+
+
+def test_tar_shard_captions_are_read_without_decoding(tmp_path, monkeypatch):
+    import tarfile
+
+    import PIL.ImageFile
+
+    shard = tmp_path / "s-0.tar"
+    with tarfile.open(shard, "w") as tf:
+        for i in range(3):
+            for name, data in ((f"{i}.jpg", jpeg(i)), (f"{i}.txt", f"caption {i}".encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", lambda *a, **k: 1 / 0)
+    assert list(open_source(shard).captions()) == [(f"caption {i}",) for i in range(3)]
+
+
+def test_tokenizer_train_reads_every_caption_and_no_image(sets, tmp_path, monkeypatch):
+    import PIL.ImageFile
+
+    from aimv2.cli import main
+    from aimv2.text import Tokenizer
+
+    seen: list[list[str]] = []
+    real = Tokenizer.train.__func__
+
+    def spy(cls, captions, *args, **kwargs):
+        captions = list(captions)
+        seen.append(captions)
+        return real(cls, captions, *args, **kwargs)
+
+    monkeypatch.setattr(Tokenizer, "train", classmethod(spy))
+    monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", lambda *a, **k: 1 / 0)
+    out = tmp_path / "tok.model"
+    args = ["tokenizer", "train", "--data", str(sets["jsonl"]), "--vocab-size", "30"]
+    assert main([*args, "--model-type", "bpe", "--out", str(out)]) == 0
+    assert seen[-1] == [f"{w} {i}" for i in range(N) for w in ("alt text", "synthetic")]
+    assert main([*args, "--model-type", "bpe", "--out", str(out), "--max-captions", "3"]) == 0
+    assert seen[-1] == ["alt text 0", "synthetic 0", "alt text 1"]

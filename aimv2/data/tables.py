@@ -107,9 +107,24 @@ class _Columns:
                 "bytes, a path, or an Image struct {bytes, path}"
             )
         self.label = pick("label_column", label, ())
+        if self.label is not None and not pa.types.is_integer(schema.field(self.label).type):
+            raise ValueError(
+                f"label_column: column {self.label!r} of {where} is "
+                f"{schema.field(self.label).type}; expected integers (class indices)"
+            )
         if label is None and "label" in names and pa.types.is_integer(schema.field("label").type):
             self.label = "label"
         self.key = pick("key_column", key, _KEY_COLUMNS)
+        if self.key is not None:
+            t = schema.field(self.key).type
+            if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_integer(t)):
+                if key is None:  # a default name holding something else: not a key
+                    self.key = None
+                else:
+                    raise ValueError(
+                        f"key_column: column {self.key!r} of {where} is {t}; expected strings "
+                        "or integers"
+                    )
         self.names = list(dict.fromkeys([self.image, *self.captions, self.label, self.key]))
         self.names = [n for n in self.names if n is not None]
 
