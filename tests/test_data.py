@@ -594,12 +594,15 @@ def test_loader_tar_stream(shards: list[Path], tmp_path: Path):
     full = take(Loader(pattern, spec, None, 5, seed=0), 7)  # 22 readable: wraps an epoch
     assert all(len(b["keys"]) == 5 for b in full)
     order = [s.key for s in open_source(pattern)]
-    assert sum(keys_of(full), [])[:22] == order
+    first = sum(keys_of(full), [])[:22]  # a pass: every readable sample once, shuffled
+    assert sorted(first) == sorted(order) and first != order
+    in_order = take(Loader(pattern, spec, None, 5, seed=0, stream_shuffle=0), 5)
+    assert sum(keys_of(in_order), [])[:22] == order
     resumed = take(Loader(pattern, spec, None, 5, seed=0, start_step=3), 4)
     assert keys_of(resumed) == keys_of(full[3:])
     for x, y in zip(resumed, full[3:], strict=True):
         np.testing.assert_array_equal(x["images"], y["images"])
-    counted = Loader(pattern, spec, None, 5, seed=0)
+    counted = Loader(pattern, spec, None, 5, seed=0, stream_shuffle=0)  # bad ones in 1-16
     take(counted, 3)
     assert counted.skipped == 2
     r = [take(Loader(pattern, spec, None, 3, seed=0, rank=k, world_size=2), 2) for k in (0, 1)]
@@ -621,3 +624,29 @@ def test_loader_errors():
         Loader("builtin:digits", enc(None), None, 2, seed=0)
     with pytest.raises(TypeError, match="tokenizer"):
         Loader("builtin:digits", spec, object(), 2, seed=0)
+
+
+def test_tar_stream_passes_are_reshuffled_and_reproducible(tmp_path: Path):
+    spec = enc(8)
+    for s in range(4):
+        write_shard(tmp_path / f"p-{s}.tar", 10 * s, 5)
+    pattern = str(tmp_path / "p-*.tar")
+    order = [s.key for s in open_source(pattern)]
+
+    def passes(**kw):
+        keys = sum(keys_of(take(Loader(pattern, spec, None, 4, seed=0, **kw), 15)), [])
+        return [keys[i : i + 20] for i in (0, 20, 40)]
+
+    got = passes(stream_shuffle=1000)
+    for one in got:
+        assert sorted(one) == sorted(order)  # each pass: every sample exactly once
+    assert got[0] != order and got[1] != got[0] and got[2] != got[1]
+    assert got == passes(stream_shuffle=1000, num_workers=2)
+    # a buffer of 1 keeps the samples of a shard together; the shards still move
+    for one in passes(stream_shuffle=1):
+        runs = [one[i : i + 5] for i in range(0, 20, 5)]
+        assert all(r == [f"s{int(r[0][1:]) + j:04d}" for j in range(5)] for r in runs)
+    firsts = [tuple(one[::5]) for one in passes(stream_shuffle=1)]
+    assert all(k.endswith("0") for f in firsts for k in f) and len(set(firsts)) > 1
+    with pytest.raises(ValueError, match="stream_shuffle=-1: expected"):
+        Loader(pattern, spec, None, 4, seed=0, stream_shuffle=-1)

@@ -126,10 +126,11 @@ class TarShardSource(StreamSource):
             )
         return TarShardSource(list(self.shards[rank::world_size]))
 
-    def records(self) -> Iterator[_Record | None]:
-        """Raw samples in order (None for an incomplete one, already counted)."""
-        for shard in self.shards:
-            yield from self._shard_records(shard)
+    def records(self, order: Sequence[int] | None = None) -> Iterator[_Record | None]:
+        """Raw samples shard by shard — in ``order`` (indices into ``shards``) when given,
+        else in file order (None for an incomplete one, already counted)."""
+        for i in range(len(self.shards)) if order is None else order:
+            yield from self._shard_records(self.shards[i])
 
     def _shard_records(self, shard: str) -> Iterator[_Record | None]:
         current: _Record | None = None

@@ -41,8 +41,9 @@ class PretrainConfig:
     schedule stays planned for ``steps`` — continue later with ``resume``.
     ``image_column`` / ``caption_columns`` name the columns of Parquet and Arrow data;
     ``caption_sampling`` (``first``, ``random``, ``all``) picks among several captions
-    per image and ``reduced_decode`` decodes JPEGs at the size the crop needs
-    (:class:`aimv2.data.Loader`); ``num_workers`` are loader processes.
+    per image and ``reduced_decode`` decodes JPEGs at the size the crop needs;
+    ``stream_shuffle`` is the sample buffer of tar shards (:class:`aimv2.data.Loader`);
+    ``num_workers`` are loader processes.
 
     Example:
         >>> PretrainConfig(out="runs/x").preset
@@ -152,6 +153,13 @@ class PretrainConfig:
     reduced_decode: bool = field(
         default=True, metadata={"help": "decode JPEGs at the reduced size the crop needs"}
     )
+    stream_shuffle: int = field(
+        default=1000,
+        metadata={
+            "help": "tar shards: samples mixed through a buffer of this many, shards in a new "
+            "order each pass (1: shards only, 0: file order)"
+        },
+    )
     allow_outside_paths: bool = field(
         default=False,
         metadata={
@@ -198,7 +206,7 @@ def _validate(cfg: PretrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise _bad(name, value, "a positive integer or None")
-    for name in ("seed", "num_workers"):
+    for name in ("seed", "num_workers", "stream_shuffle"):
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise _bad(name, value, "a non-negative integer")

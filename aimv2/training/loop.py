@@ -227,6 +227,7 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
             hflip=cfg.hflip,
             caption_sampling=cfg.caption_sampling,
             reduced_decode=cfg.reduced_decode,
+            stream_shuffle=cfg.stream_shuffle,
         )
     except ValueError as err:  # e.g. fewer tar shards than ranks, a bad crop scale
         raise TrainingError(f"data loader: {err}") from None
