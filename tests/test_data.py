@@ -650,3 +650,45 @@ def test_tar_stream_passes_are_reshuffled_and_reproducible(tmp_path: Path):
     assert all(k.endswith("0") for f in firsts for k in f) and len(set(firsts)) > 1
     with pytest.raises(ValueError, match="stream_shuffle=-1: expected"):
         Loader(pattern, spec, None, 4, seed=0, stream_shuffle=-1)
+
+
+def test_tar_stream_resumes_from_its_position_without_replaying(
+    shards: list[Path], tmp_path: Path, monkeypatch
+):
+    from aimv2.data.batches import BatchMaker
+
+    spec = enc(8)
+    pattern = str(tmp_path / "shard-*.tar")
+    kw = dict(seed=0, num_workers=0, stream_shuffle=7)
+    full = take(Loader(pattern, spec, None, 5, **kw), 12)  # 22 readable a pass: 2.7 passes
+    positions = [b["stream_position"] for b in full]
+    assert positions[0][0] == 0 and positions[-1][0] == 2  # (pass, items) moves on
+    replayed: list[int] = []
+    real = BatchMaker.run
+
+    def spy(self, job, out):
+        if job[0] == "stream" and job[4]:  # a check-only job: a sample decoded to be skipped
+            replayed.append(job[1])
+        return real(self, job, out)
+
+    monkeypatch.setattr(BatchMaker, "run", spy)
+    for s in (1, 4, 5, 9, 11):
+        got = take(
+            Loader(pattern, spec, None, 5, start_step=s, stream_position=positions[s - 1], **kw),
+            12 - s,
+        )
+        assert keys_of(got) == keys_of(full[s:]) and [b["step"] for b in got] == list(range(s, 12))
+        for x, y in zip(got, full[s:], strict=True):
+            np.testing.assert_array_equal(x["images"], y["images"])
+        assert [b["stream_position"] for b in got] == positions[s:]
+    assert replayed == []
+    kw2 = {**kw, "num_workers": 2}
+    got = take(Loader(pattern, spec, None, 5, start_step=5, stream_position=positions[4], **kw2), 7)
+    assert keys_of(got) == keys_of(full[5:])
+    take(Loader(pattern, spec, None, 5, start_step=4, **kw), 1)  # without it: replayed
+    assert sorted(set(replayed)) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="stream_position=.*expected \\(pass, items\\)"):
+        Loader(pattern, spec, None, 5, seed=0, stream_position=(1,))
+    with pytest.raises(ValueError, match="stream_position: only a training loader over tar"):
+        Loader("builtin:digits", spec, None, 5, seed=0, stream_position=(0, 3))
+    assert Loader("builtin:digits", spec, None, 2, seed=0).batch(0)["stream_position"] is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -62,18 +62,21 @@ def _shuffled(items: Iterator[Item], size: int, rng: np.random.Generator) -> Ite
         yield buffer[j]
 
 
-class _Pushback:
-    """An iterator with ``take(n)`` and ``push_front(items)``."""
+Position = tuple[int, int]  # (pass, items of that pass already handed out)
 
-    def __init__(self, it: Iterator[Item]) -> None:
+
+class _Pushback:
+    """An iterator of (position, item) with ``take(n)`` and ``push_front(entries)``."""
+
+    def __init__(self, it: Iterator[tuple[Position, Item]]) -> None:
         self._it, self._front, self._ended = it, deque(), False
 
     @property
     def exhausted(self) -> bool:
         return self._ended and not self._front
 
-    def take(self, n: int) -> list[Item]:
-        out: list[Item] = []
+    def take(self, n: int) -> list[tuple[Position, Item]]:
+        out: list[tuple[Position, Item]] = []
         while len(out) < n:
             if self._front:
                 out.append(self._front.popleft())
@@ -86,15 +89,19 @@ class _Pushback:
                 self._ended = True
         return out
 
-    def push_front(self, items: list[Item]) -> None:
-        self._front.extendleft(reversed(items))
+    def push_front(self, entries: list[tuple[Position, Item]]) -> None:
+        self._front.extendleft(reversed(entries))
 
 
 @dataclass
 class _Job:
     step: int
-    items: list[Item]
+    entries: list[tuple[Position, Item]]
     ticket: int
+
+    @property
+    def items(self) -> list[Item]:
+        return [item for _, item in self.entries]
 
 
 @dataclass
@@ -105,6 +112,7 @@ class _Part:
     made: list[Made] = field(default_factory=list)
     filled: int = 0
     skipped: int = 0
+    last: Position | None = None  # the position of the last item this batch took
 
 
 class Loader:
@@ -112,7 +120,8 @@ class Loader:
 
     Each batch is ``{"images": float32 (B, C, H, W), "tokens": int64 (B, context_length)
     or None, "labels": int64 (B,) (-1 where a sample has no label), "keys": list[str],
-    "captions": list[str], "step": int, "worker": int}`` and depends only on
+    "captions": list[str], "step": int, "worker": int, "stream_position": (pass, items) or
+    None}`` and depends only on
     ``(seed, step, rank, world_size)`` — not on ``num_workers``, ``worker_type`` or
     ``prefetch``: resuming at ``start_step`` gives exactly the batches an uninterrupted
     run would have.
@@ -134,9 +143,12 @@ class Loader:
     ``stream_shuffle`` samples (drawn from (seed, rank, pass); the buffer is emptied at
     the end of a pass, so a pass still holds every sample once); ``stream_shuffle=1``
     only reorders the shards, ``0`` reads everything in file order. The buffer holds
-    encoded images: 1000 samples of ~100 KB JPEGs are ~100 MB per rank. Resuming
-    re-reads the samples before ``start_step`` (decoded, not handed out). Evaluation
-    reads in file order.
+    encoded images: 1000 samples of ~100 KB JPEGs are ~100 MB per rank. Evaluation
+    reads in file order. A stream batch carries ``"stream_position"`` (pass, items of
+    that pass consumed through this batch, unreadable ones included); resuming at
+    ``start_step`` with ``stream_position`` = the previous batch's reads at most one
+    pass of this rank's shards and decodes nothing before it. Without it, the samples
+    before ``start_step`` are re-read and decoded to find the unreadable ones.
 
     ``caption_sampling``: ``"first"`` caption of each sample, a seeded ``"random"`` one
     (drawn from (seed, step, position)), or ``"all"`` (each caption makes a sample of
@@ -183,6 +195,7 @@ class Loader:
         caption_sampling: str = "first",
         reduced_decode: bool = True,
         stream_shuffle: int = 1000,
+        stream_position: Sequence[int] | None = None,
         worker_type: str = "process",
         start_method: str | None = None,
     ) -> None:
@@ -216,6 +229,26 @@ class Loader:
         self.start_step = _nonneg_int("start_step", start_step)
         self.num_workers = _nonneg_int("num_workers", num_workers)
         self.stream_shuffle = _nonneg_int("stream_shuffle", stream_shuffle)
+        self.stream_position: Position | None = None
+        if stream_position is not None:
+            if not isinstance(source, TarShardSource) or not train:
+                raise ValueError(
+                    "stream_position: only a training loader over tar shards has one "
+                    f"(this source is {type(source).__name__}, train={train})"
+                )
+            if (
+                not isinstance(stream_position, (tuple, list))
+                or len(stream_position) != 2
+                or not all(
+                    isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 0
+                    for v in stream_position
+                )
+            ):
+                raise ValueError(
+                    f"stream_position={stream_position!r}: expected (pass, items) as two "
+                    "non-negative integers, a batch's 'stream_position'"
+                )
+            self.stream_position = (int(stream_position[0]), int(stream_position[1]))
         self.prefetch = 2 * max(1, self.num_workers) if prefetch is None else prefetch
         if (
             not isinstance(self.prefetch, int)
@@ -384,6 +417,7 @@ class Loader:
             "captions": captions,
             "step": step,
             "worker": made[0].worker,
+            "stream_position": None,
         }
 
     def _train_steps(self) -> Iterator[int]:
@@ -397,17 +431,22 @@ class Loader:
         total = -(-n // g)
         return [s for s in range(self.start_step, total) if s * g + self.rank * b < n]
 
-    def _stream_items(self) -> Iterator[Item]:
+    def _stream_items(self, start: Position) -> Iterator[tuple[Position, Item]]:
+        """The stream's items with their positions, from ``start`` (the first items of
+        that pass are read and dropped, not decoded)."""
         src: TarShardSource = self.source  # type: ignore[assignment]
         every = self.caption_sampling == "all"
         shuffle = self.stream_shuffle if self.train else 0
-        passes = 0
+        passes, skip = start
         while True:
             count = [0]  # records read in this pass
             rng = np.random.default_rng([self.seed, 4, self.rank, passes])
             order = rng.permutation(len(src.shards)).tolist() if shuffle else None
             items = self._pass_items(src, order, every, count)
-            yield from _shuffled(items, shuffle, rng) if shuffle > 1 else items
+            for k, item in enumerate(_shuffled(items, shuffle, rng) if shuffle > 1 else items):
+                if k >= skip:
+                    yield (passes, k + 1), item
+            skip = 0
             n = self._pass_len = count[0]
             passes += 1
             if not self.train:
@@ -435,14 +474,15 @@ class Loader:
         readable, and when one is not, the later jobs are withdrawn, their items put
         back, and the batch is topped up from the next items (rare: corrupt samples)."""
         b, window = self.batch_size, self._window()
-        items = _Pushback(self._stream_items())
+        known = self.stream_position is not None  # where start_step begins: no replay
+        items = _Pushback(self._stream_items(self.stream_position or (0, 0)))
         self._pass_len = None
         pending: deque[_Job] = deque()
         parts: dict[int, _Part] = {}
-        next_step, failed_in_row = 0, 0
+        next_step, failed_in_row = (self.start_step if known else 0), 0
 
-        def send(step: int, start: int, chunk: list[Item], slot: int) -> _Job:
-            job = ("stream", step, start, chunk, step < self.start_step)
+        def send(step: int, start: int, chunk: list[tuple[Position, Item]], slot: int) -> _Job:
+            job = ("stream", step, start, [item for _, item in chunk], step < self.start_step)
             return _Job(step, chunk, runner.submit(job, slot))
 
         try:
@@ -462,6 +502,7 @@ class Loader:
                 part.made.append(made)
                 part.filled += made.count
                 part.skipped += made.skipped
+                part.last = job.entries[-1][0]
                 if job.step >= self.start_step:
                     self._replay(made)
                 failed_in_row = failed_in_row + len(job.items) if made.count == 0 else 0
@@ -470,7 +511,7 @@ class Loader:
                 if part.filled < b and made.count < len(job.items):
                     for stale in pending:  # their items start later than they assumed
                         runner.wait(stale.ticket)
-                    items.push_front([it for stale in pending for it in stale.items])
+                    items.push_front([e for stale in pending for e in stale.entries])
                     pending.clear()
                     for step in [s for s in parts if s > job.step]:
                         runner.release(parts.pop(step).slot)
@@ -485,6 +526,7 @@ class Loader:
                         self._skipped += part.skipped
                         if part.filled:
                             batch = self._collate(runner, job.step, part.slot, part.made)
+                            batch["stream_position"] = part.last
                     runner.release(part.slot)
                     if batch is not None:
                         yield batch
