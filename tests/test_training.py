@@ -262,3 +262,51 @@ def test_tokenizer_train_command(tmp_path):
     tok = Tokenizer.load(out)
     assert tok.decode(tok.encode(["A red square"], 32))[0] == "a red square"
     assert os.path.getsize(out) > 0
+
+
+def test_a_tar_shard_run_resumes_from_its_stream_position(tmp_path, monkeypatch):
+    """The checkpoint records where the tar stream was; --resume starts there without
+    decoding the samples before it, and the run continues exactly as if uninterrupted."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    from aimv2.data.batches import BatchMaker
+    from aimv2.text import Tokenizer
+
+    captions = []
+    for s in range(3):
+        with tarfile.open(tmp_path / f"s-{s}.tar", "w") as tf:
+            for k in range(8):
+                key = f"{s}{k:03d}"
+                rng = np.random.default_rng(8 * s + k)
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(buf, "PNG")
+                image = b"corrupt" if (s, k) == (1, 3) else buf.getvalue()
+                captions.append(f"a noisy picture number {k}")
+                for name, data in ((f"{key}.png", image), (f"{key}.txt", captions[-1].encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tf.addfile(info, io.BytesIO(data))
+    tok = tmp_path / "tok.model"
+    Tokenizer.train(captions * 2, 40, tok, hard_vocab_limit=False)
+    kw = dict(data=str(tmp_path / "s-*.tar"), tokenizer=str(tok), steps=10, save_every=3)
+    kw |= dict(batch_size=4, stream_shuffle=5)
+    pretrain(_cfg(tmp_path / "a", **kw))  # 23 readable samples: the run wraps a pass
+    pretrain(_cfg(tmp_path / "b", stop_after=7, **kw))
+    state = json.loads((checkpoint.directory(tmp_path / "b", 7) / "state.json").read_text())
+    assert state["stream_positions"][0][0] == 1  # (pass, items): in the second pass
+    replayed: list[int] = []
+    real = BatchMaker.run
+
+    def spy(self, job, out):
+        if job[0] == "stream" and job[4]:  # decoded only to be skipped
+            replayed.append(job[1])
+        return real(self, job, out)
+
+    monkeypatch.setattr(BatchMaker, "run", spy)
+    pretrain(_cfg(tmp_path / "b", resume=True, **kw))
+    assert replayed == []
+    a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert sorted(b) == list(range(1, 11)) and a == b

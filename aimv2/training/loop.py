@@ -228,6 +228,7 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
             caption_sampling=cfg.caption_sampling,
             reduced_decode=cfg.reduced_decode,
             stream_shuffle=cfg.stream_shuffle,
+            stream_position=saved_stream_position(ck.state if ck else None, world, source),
         )
     except ValueError as err:  # e.g. fewer tar shards than ranks, a bad crop scale
         raise TrainingError(f"data loader: {err}") from None
@@ -244,10 +245,12 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
     step = start
     micro = cfg.batch_size // cfg.accumulate
     lo = world.rank * local_batch
+    position = None  # where this rank's tar-shard stream is, after the last batch
     try:
         for batch in loader:
             if step >= end:
                 break
+            position = batch.get("stream_position")
             rng = np.random.default_rng([cfg.seed, step, 0x9E37])
             prefix = sample_prefix(rng, cfg.batch_size, n, spec.prefix)
             tokens = batch["tokens"]
@@ -311,16 +314,10 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
                 progress.update(step, row, eta)
                 window_t, window_n = now, 0
             if step % cfg.save_every == 0 or step == end:
-                last_ckpt = _save(
-                    cfg,
-                    spec,
-                    world,
-                    trainer,
-                    model,
-                    out,
-                    step,
-                    {**state, "optimizer_step": trainer.step_count},
-                )
+                extra = {"optimizer_step": trainer.step_count}
+                if position is not None:
+                    extra["stream_positions"] = stream_positions(world, position)
+                last_ckpt = _save(cfg, spec, world, trainer, model, out, step, state | extra)
     except OSError as err:  # a full disk, a vanished --out, a read-only filesystem
         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint yet"
         raise TrainingError(f"training stopped at step {step}: {err}; {where}") from None
@@ -341,6 +338,40 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
         "elapsed_s": time.perf_counter() - t0,
         "finite": math.isfinite(row.get("loss", 0.0) or 0.0),
     }
+
+
+def stream_positions(world: Any, position: tuple[int, int]) -> list[list[int]]:
+    """Every rank's tar-stream position (pass, items), gathered (a collective): what a
+    checkpoint records so that ``--resume`` starts each rank's stream where it was.
+
+    Example:
+        >>> stream_positions(D.World(), (2, 17))
+        [[2, 17]]
+    """
+    flat = np.zeros(2 * world.size, np.int64)
+    flat[2 * world.rank : 2 * world.rank + 2] = position
+    return world.sum_ints(flat).reshape(world.size, 2).tolist()
+
+
+def saved_stream_position(state: dict[str, Any] | None, world: Any, source: Any) -> Any:
+    """This rank's stream position from a checkpoint's state, or None (not a tar-shard
+    stream, a checkpoint from before positions were saved, or another number of ranks:
+    the loader then replays the stream up to the step).
+
+    Example:
+        >>> from aimv2.data import open_source
+        >>> saved_stream_position({"stream_positions": [[0, 5]]}, D.World(),
+        ...                       open_source("builtin:digits")) is None
+        True
+    """
+    from ..data import TarShardSource
+
+    positions = (state or {}).get("stream_positions")
+    if not isinstance(source, TarShardSource) or not isinstance(positions, list):
+        return None
+    if len(positions) != world.size:
+        return None
+    return positions[world.rank]
 
 
 def _save(
