@@ -267,28 +267,11 @@ def test_tokenizer_train_command(tmp_path):
 def test_a_tar_shard_run_resumes_from_its_stream_position(tmp_path, monkeypatch):
     """The checkpoint records where the tar stream was; --resume starts there without
     decoding the samples before it, and the run continues exactly as if uninterrupted."""
-    import io
-    import tarfile
-
-    from PIL import Image
-
     from aimv2.data.batches import BatchMaker
+    from aimv2.testing import write_tar_shards
     from aimv2.text import Tokenizer
 
-    captions = []
-    for s in range(3):
-        with tarfile.open(tmp_path / f"s-{s}.tar", "w") as tf:
-            for k in range(8):
-                key = f"{s}{k:03d}"
-                rng = np.random.default_rng(8 * s + k)
-                buf = io.BytesIO()
-                Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(buf, "PNG")
-                image = b"corrupt" if (s, k) == (1, 3) else buf.getvalue()
-                captions.append(f"a noisy picture number {k}")
-                for name, data in ((f"{key}.png", image), (f"{key}.txt", captions[-1].encode())):
-                    info = tarfile.TarInfo(name)
-                    info.size = len(data)
-                    tf.addfile(info, io.BytesIO(data))
+    captions = write_tar_shards(tmp_path, 3, 8, corrupt={(1, 3)})
     tok = tmp_path / "tok.model"
     Tokenizer.train(captions * 2, 40, tok, hard_vocab_limit=False)
     kw = dict(data=str(tmp_path / "s-*.tar"), tokenizer=str(tok), steps=10, save_every=3)

@@ -7,7 +7,8 @@ backends and with the float64 reference.
   against the reference and each other: forward, losses, every gradient.
 - :func:`property_test`: a hypothesis strategy for your spec becomes a pytest test.
 - :func:`example_inputs` / :func:`inputs_for`: call arguments by slot role, or your own.
-- :func:`random_weights`, :func:`random_batch`, :func:`random_captions`: fixtures.
+- :func:`random_weights`, :func:`random_batch`, :func:`random_captions`,
+  :func:`write_tar_shards`: fixtures.
 - Tolerances (:data:`FORWARD_TOL`, :data:`GRAD_TOL`) with the reasoning behind them.
 - :mod:`aimv2.testing.pytest_plugin`: a ``backend`` fixture over the installed backends.
 
@@ -27,7 +28,14 @@ from .compare import (
     assert_matches_reference,
     compare_backends,
 )
-from .fixtures import example_inputs, inputs_for, random_batch, random_captions, random_weights
+from .fixtures import (
+    example_inputs,
+    inputs_for,
+    random_batch,
+    random_captions,
+    random_weights,
+    write_tar_shards,
+)
 from .tolerances import (
     FORWARD_TOL,
     GRAD_TOL,
@@ -47,6 +55,7 @@ __all__ = [
     "Check",
     "random_weights",
     "random_batch",
+    "write_tar_shards",
     "example_inputs",
     "inputs_for",
     "max_error",

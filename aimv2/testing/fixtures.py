@@ -15,7 +15,11 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import io
+import os
+import tarfile
+from collections.abc import Callable, Collection
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,7 +28,14 @@ from .. import specs as S
 from ..masks import prefix_mask, sample_prefix
 from ..weights import parameters
 
-__all__ = ["random_weights", "random_batch", "random_captions", "example_inputs", "inputs_for"]
+__all__ = [
+    "random_weights",
+    "random_batch",
+    "random_captions",
+    "example_inputs",
+    "inputs_for",
+    "write_tar_shards",
+]
 
 Inputs = tuple[list[Any], dict[str, Any]]
 _DRAWERS: dict[type, Callable[[S.Spec, np.random.Generator], Inputs]] = {}
@@ -209,3 +220,46 @@ def example_inputs(spec: S.Spec, rng: np.random.Generator) -> Inputs:
         f"example_inputs: no inputs known for {type(spec).__name__} (role {role!r}); register "
         f"a drawer with @aimv2.testing.inputs_for({type(spec).__name__})"
     )
+
+
+def write_tar_shards(
+    folder: str | os.PathLike,
+    shards: int,
+    per_shard: int,
+    *,
+    corrupt: Collection[tuple[int, int]] = (),
+    size: tuple[int, int] = (20, 24),
+    seed: int = 0,
+) -> list[str]:
+    """Write ``shards`` WebDataset tar shards ``s-0.tar …`` of ``per_shard`` samples each
+    (random-noise PNGs of ``size`` = (width, height) and a caption naming the sample);
+    the samples at (shard, index) in ``corrupt`` get unreadable image bytes. Returns the
+    captions in file order.
+
+    Example:
+        >>> import tempfile
+        >>> from aimv2.data import open_source
+        >>> d = tempfile.mkdtemp()
+        >>> write_tar_shards(d, 2, 3)[:2]
+        ['a noisy picture number 0', 'a noisy picture number 1']
+        >>> len(list(open_source(d + "/s-*.tar")))
+        6
+    """
+    from PIL import Image
+
+    captions = []
+    rng = np.random.default_rng(seed)
+    for s in range(shards):
+        with tarfile.open(Path(folder) / f"s-{s}.tar", "w") as tf:
+            for k in range(per_shard):
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                buf = io.BytesIO()
+                Image.fromarray(pixels).save(buf, "PNG")
+                image = b"not an image" if (s, k) in corrupt else buf.getvalue()
+                captions.append(f"a noisy picture number {k}")
+                for name, data in ((f"{s}{k:04d}.png", image), (f"{s}{k:04d}.txt", captions[-1])):
+                    payload = data.encode() if isinstance(data, str) else data
+                    info = tarfile.TarInfo(name)
+                    info.size = len(payload)
+                    tf.addfile(info, io.BytesIO(payload))
+    return captions
