@@ -516,6 +516,37 @@ def term_weights(
     return out
 
 
+def stream_positions(world: World, position: Sequence[int]) -> list[list[int]]:
+    """Every rank's tar-stream position (pass, items), gathered (a collective on every
+    rank): what a checkpoint records so that a resumed run starts each rank's stream where
+    it was (:class:`aimv2.data.Loader`'s ``stream_position``).
+
+    Example:
+        >>> stream_positions(World(), (2, 17))
+        [[2, 17]]
+    """
+    flat = np.zeros(2 * world.size, np.int64)
+    flat[2 * world.rank : 2 * world.rank + 2] = position
+    return world.sum_ints(flat).reshape(world.size, 2).tolist()
+
+
+def saved_stream_position(state: Mapping[str, Any] | None, world: World) -> list[int] | None:
+    """This rank's stream position in a checkpoint's state, or None (a checkpoint from
+    before positions were saved, or from another number of ranks: the loader then
+    replays the stream up to the step).
+
+    Example:
+        >>> saved_stream_position({"stream_positions": [[0, 5]]}, World())
+        [0, 5]
+        >>> saved_stream_position({}, World()) is None
+        True
+    """
+    positions = (state or {}).get("stream_positions")
+    if not isinstance(positions, list) or len(positions) != world.size:
+        return None
+    return positions[world.rank]
+
+
 def fingerprint(obj: Any) -> int:
     """A 31-bit hash of a JSON-able object: ranks compare run configs with it.
 

@@ -227,3 +227,33 @@ def test_two_ranks_equal_one_process(tmp_path, launcher, extra):
     assert worst <= 1e-4
     state = json.loads((two / "ckpt-00000006" / "state.json").read_text())
     assert state["world_size"] == 2
+
+
+def test_a_tar_shard_lit_run_resumes_from_its_stream_position(tmp_path, monkeypatch):
+    from aimv2.data.batches import BatchMaker
+    from aimv2.testing import write_tar_shards
+    from aimv2.text import Tokenizer
+
+    captions = write_tar_shards(tmp_path, 3, 6, corrupt={(0, 2)})
+    tok = tmp_path / "tok.model"
+    Tokenizer.train(captions * 2, 30, tok, hard_vocab_limit=False)
+    kw = dict(data=str(tmp_path / "s-*.tar"), tokenizer=str(tok), image_tower="unlocked")
+    kw |= dict(steps=6, save_every=2, backend=INSTALLED[0])
+    lit_train(_cfg(tmp_path / "a", **kw))  # 17 readable, batches of 8: into the third pass
+    lit_train(_cfg(tmp_path / "b", stop_after=4, **kw))
+    state = json.loads((checkpoint.directory(tmp_path / "b", 4) / "state.json").read_text())
+    assert state["stream_positions"][0][0] == 1
+    replayed: list[int] = []
+    real = BatchMaker.run
+
+    def spy(self, job, out):
+        if job[0] == "stream" and job[4]:
+            replayed.append(job[1])
+        return real(self, job, out)
+
+    monkeypatch.setattr(BatchMaker, "run", spy)
+    lit_train(_cfg(tmp_path / "b", resume=True, **kw))
+    assert replayed == []
+    a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
+    for step in range(1, 7):
+        assert {k: a[step][k] for k in KEYS} == {k: b[step][k] for k in KEYS}, step

@@ -33,7 +33,7 @@ from .. import atomic, checkpoint, presets
 from .. import distributed as D
 from .. import specs as S
 from ..backend import build, get_weights, load_backend, set_weights
-from ..data import Loader, open_source
+from ..data import Loader, TarShardSource, open_source
 from ..optim import lr_at
 from ..probe import extract_features
 from ..progress import OWN_ETA_FORMAT, Progress
@@ -146,10 +146,19 @@ def _cached_batches(
 
 
 def _image_batches(
-    cfg: LitConfig, spec: S.LiTSpec, tok: Any, start: int, world: Any, local: int
-) -> Iterator[dict[str, np.ndarray]]:
+    cfg: LitConfig,
+    spec: S.LiTSpec,
+    tok: Any,
+    start: int,
+    world: Any,
+    local: int,
+    state: dict[str, Any] | None,
+) -> Iterator[dict[str, Any]]:
     try:
         source = open_source(cfg.data, split="train", seed=cfg.seed)
+        position = None
+        if isinstance(source, TarShardSource):
+            position = D.saved_stream_position(state, world)
         loader = Loader(
             source,
             spec.image_encoder,
@@ -164,12 +173,17 @@ def _image_batches(
             context_length=spec.text_encoder.context_length,
             scale=tuple(cfg.crop_scale),
             hflip=cfg.hflip,
+            stream_position=position,
         )
     except (FileNotFoundError, ValueError) as err:
         raise LitError(f"--data {cfg.data!r}: {err}") from None
     try:
         for batch in loader:
-            yield {"images": batch["images"], "tokens": batch["tokens"]}
+            yield {
+                "images": batch["images"],
+                "tokens": batch["tokens"],
+                "stream_position": batch["stream_position"],
+            }
     finally:
         loader_close = getattr(loader, "close", None)
         if loader_close:
@@ -258,7 +272,7 @@ def _train(
         feats = extract_features(model.image_encoder, pairs["images"], batch_size=128)
         batches = _cached_batches(feats, pairs["tokens"], cfg, start, lo, local)
     else:
-        batches = _image_batches(cfg, spec, tok, start, world, local)
+        batches = _image_batches(cfg, spec, tok, start, world, local, ck.state if ck else None)
     if not world.distributed:
         model = be.cast(model, device=cfg.device or be.default_device())
     optim = optim_config(cfg)
@@ -294,9 +308,11 @@ def _train(
     t0 = time.perf_counter()
     window_t, window_n, step, row, last = t0, 0, start, {}, existing
     try:
+        position = None  # where a tar-shard stream is, after the last batch
         for batch in batches:
             if step >= end:
                 break
+            position = batch.pop("stream_position", None)
             lr = lr_at(optim, step)
             try:
                 values = trainer.step([batch], lr)
@@ -325,7 +341,10 @@ def _train(
                 )
                 window_t, window_n = now, 0
             if step % cfg.save_every == 0 or step == end:
-                last = _save(cfg, spec, world, trainer, model, out, step, state)
+                extra = {}
+                if position is not None:
+                    extra["stream_positions"] = D.stream_positions(world, position)
+                last = _save(cfg, spec, world, trainer, model, out, step, state | extra)
     finally:
         shown.close()
         close = getattr(batches, "close", None)

@@ -30,7 +30,7 @@ from .. import atomic, checkpoint
 from .. import distributed as D
 from .. import specs as S
 from ..backend import build, get_weights, load_backend, set_weights
-from ..data import Loader, open_source
+from ..data import Loader, TarShardSource, open_source
 from ..masks import sample_prefix
 from ..optim import lr_at, paper_peak_lr
 from ..weights import WeightsError
@@ -228,7 +228,11 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
             caption_sampling=cfg.caption_sampling,
             reduced_decode=cfg.reduced_decode,
             stream_shuffle=cfg.stream_shuffle,
-            stream_position=saved_stream_position(ck.state if ck else None, world, source),
+            stream_position=(
+                D.saved_stream_position(ck.state if ck else None, world)
+                if isinstance(source, TarShardSource)
+                else None
+            ),
         )
     except ValueError as err:  # e.g. fewer tar shards than ranks, a bad crop scale
         raise TrainingError(f"data loader: {err}") from None
@@ -316,7 +320,7 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
             if step % cfg.save_every == 0 or step == end:
                 extra = {"optimizer_step": trainer.step_count}
                 if position is not None:
-                    extra["stream_positions"] = stream_positions(world, position)
+                    extra["stream_positions"] = D.stream_positions(world, position)
                 last_ckpt = _save(cfg, spec, world, trainer, model, out, step, state | extra)
     except OSError as err:  # a full disk, a vanished --out, a read-only filesystem
         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint yet"
@@ -338,40 +342,6 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
         "elapsed_s": time.perf_counter() - t0,
         "finite": math.isfinite(row.get("loss", 0.0) or 0.0),
     }
-
-
-def stream_positions(world: Any, position: tuple[int, int]) -> list[list[int]]:
-    """Every rank's tar-stream position (pass, items), gathered (a collective): what a
-    checkpoint records so that ``--resume`` starts each rank's stream where it was.
-
-    Example:
-        >>> stream_positions(D.World(), (2, 17))
-        [[2, 17]]
-    """
-    flat = np.zeros(2 * world.size, np.int64)
-    flat[2 * world.rank : 2 * world.rank + 2] = position
-    return world.sum_ints(flat).reshape(world.size, 2).tolist()
-
-
-def saved_stream_position(state: dict[str, Any] | None, world: Any, source: Any) -> Any:
-    """This rank's stream position from a checkpoint's state, or None (not a tar-shard
-    stream, a checkpoint from before positions were saved, or another number of ranks:
-    the loader then replays the stream up to the step).
-
-    Example:
-        >>> from aimv2.data import open_source
-        >>> saved_stream_position({"stream_positions": [[0, 5]]}, D.World(),
-        ...                       open_source("builtin:digits")) is None
-        True
-    """
-    from ..data import TarShardSource
-
-    positions = (state or {}).get("stream_positions")
-    if not isinstance(source, TarShardSource) or not isinstance(positions, list):
-        return None
-    if len(positions) != world.size:
-        return None
-    return positions[world.rank]
 
 
 def _save(
