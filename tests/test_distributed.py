@@ -467,3 +467,26 @@ def test_a_rank_that_stops_answering_times_out_the_others(tmp_path, launcher):
         assert "did not complete within 3 s" in err, err[-3000:]
         assert f"Node with rank 0 exited with code {D.EXIT_TIMEOUT}" in err, err[-3000:]
     checkpoint.load(checkpoint.latest(out))
+
+
+def test_two_ranks_over_tar_shards_resume_from_their_stream_positions(tmp_path):
+    """Each rank streams its own shards; the checkpoint records both ranks' positions and
+    a resumed 2-rank run continues exactly as the uninterrupted one."""
+    if "torch" not in aimv2.available_backends():
+        pytest.skip("needs torch")
+    from aimv2.testing import write_tar_shards
+    from aimv2.text import Tokenizer
+
+    captions = write_tar_shards(tmp_path, 4, 5, corrupt={(2, 1)})
+    tok = tmp_path / "tok.model"
+    Tokenizer.train(captions * 2, 30, tok, hard_vocab_limit=False)
+    data = ["--data", str(tmp_path / "s-*.tar"), "--tokenizer", str(tok), "--stream-shuffle", "4"]
+    _launch("torchrun", _args(tmp_path / "straight", *data, "--quiet"))
+    _launch("torchrun", _args(tmp_path / "split", *data, "--quiet", "--stop-after", str(HALF)))
+    state = checkpoint.load(checkpoint.latest(tmp_path / "split")).state
+    positions = state["stream_positions"]
+    assert len(positions) == 2 and positions[0] != positions[1]  # rank 1 met a corrupt one
+    _launch("torchrun", _args(tmp_path / "split", *data, "--quiet", "--resume"))
+    ref, got = _rows(tmp_path / "straight"), _rows(tmp_path / "split")
+    assert sorted(got) == list(range(1, STEPS + 1))
+    _assert_same(ref, got, range(1, STEPS + 1), tol=0.0)
