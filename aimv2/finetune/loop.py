@@ -27,7 +27,7 @@ from .. import atomic, checkpoint
 from .. import distributed as D
 from .. import specs as S
 from ..backend import build, load_backend
-from ..data import IndexedSource, Loader
+from ..data import IndexedSource, Loader, TarShardSource
 from ..formats import save_pretrained
 from ..inputs import check_classifier_batch
 from ..lora import has_lora, merge_lora
@@ -171,6 +171,11 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
             world_size=world.size,
             scale=tuple(cfg.crop_scale),
             hflip=cfg.hflip,
+            stream_position=(
+                D.saved_stream_position(ck.state if ck else None, world)
+                if isinstance(train_src, TarShardSource)
+                else None
+            ),
         )
     except ValueError as err:
         raise FinetuneError(f"data loader: {err}") from None
@@ -186,9 +191,11 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
     last_ckpt, row, step = existing, {}, start
     t0 = time.perf_counter()
     try:
+        position = None  # where a tar-shard stream is, after the last batch
         for batch in loader if start < end else ():
             if step >= end:
                 break
+            position = batch["stream_position"]
             parts = [
                 {
                     "images": batch["images"][c.start : c.stop],
@@ -221,7 +228,10 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
                     f"lr {lr:.2e} eta {eta:.0f}s",
                 )
             if step % cfg.save_every == 0 or step == end:
-                last_ckpt = _save(cfg, spec, world, trainer, out, step, state)
+                extra = {}
+                if position is not None:
+                    extra["stream_positions"] = D.stream_positions(world, position)
+                last_ckpt = _save(cfg, spec, world, trainer, out, step, state | extra)
     finally:
         progress.close()
         close = getattr(loader, "close", None)

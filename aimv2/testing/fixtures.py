@@ -229,11 +229,13 @@ def write_tar_shards(
     *,
     corrupt: Collection[tuple[int, int]] = (),
     size: tuple[int, int] = (20, 24),
+    classes: int | None = None,
     seed: int = 0,
 ) -> list[str]:
     """Write ``shards`` WebDataset tar shards ``s-0.tar …`` of ``per_shard`` samples each
-    (random-noise PNGs of ``size`` = (width, height) and a caption naming the sample);
-    the samples at (shard, index) in ``corrupt`` get unreadable image bytes. Returns the
+    (random-noise PNGs of ``size`` = (width, height) and a caption naming the sample;
+    with ``classes``, a ``.cls`` label: the sample's index modulo ``classes``); the
+    samples at (shard, index) in ``corrupt`` get unreadable image bytes. Returns the
     captions in file order.
 
     Example:
@@ -257,7 +259,10 @@ def write_tar_shards(
                 Image.fromarray(pixels).save(buf, "PNG")
                 image = b"not an image" if (s, k) in corrupt else buf.getvalue()
                 captions.append(f"a noisy picture number {k}")
-                for name, data in ((f"{s}{k:04d}.png", image), (f"{s}{k:04d}.txt", captions[-1])):
+                members = [(f"{s}{k:04d}.png", image), (f"{s}{k:04d}.txt", captions[-1])]
+                if classes:
+                    members.append((f"{s}{k:04d}.cls", str(k % classes)))
+                for name, data in members:
                     payload = data.encode() if isinstance(data, str) else data
                     info = tarfile.TarInfo(name)
                     info.size = len(payload)
