@@ -530,21 +530,32 @@ def stream_positions(world: World, position: Sequence[int]) -> list[list[int]]:
     return world.sum_ints(flat).reshape(world.size, 2).tolist()
 
 
-def saved_stream_position(state: Mapping[str, Any] | None, world: World) -> list[int] | None:
-    """This rank's stream position in a checkpoint's state, or None (a checkpoint from
-    before positions were saved, or from another number of ranks: the loader then
-    replays the stream up to the step).
+def stream_resume(
+    state: Mapping[str, Any] | None, world: World, shuffle: int
+) -> tuple[list[int] | None, int]:
+    """(stream position, stream shuffle) for this rank's tar-shard loader when resuming
+    from a checkpoint's ``state`` (None: a fresh run, which gets ``shuffle``). The
+    checkpoint records both (``stream_positions`` per rank, ``stream_shuffle``); with
+    another number of ranks there is no position (the loader replays the stream up to
+    the step). A checkpoint without positions comes from before streams were shuffled:
+    its run read the shards in file order and keeps doing so (shuffle 0), so that the
+    resumed run is the uninterrupted one.
 
     Example:
-        >>> saved_stream_position({"stream_positions": [[0, 5]]}, World())
-        [0, 5]
-        >>> saved_stream_position({}, World()) is None
-        True
+        >>> stream_resume({"stream_positions": [[0, 5]], "stream_shuffle": 8}, World(), 1000)
+        ([0, 5], 8)
+        >>> stream_resume({"step": 3}, World(), 1000), stream_resume(None, World(), 1000)
+        ((None, 0), (None, 1000))
     """
-    positions = (state or {}).get("stream_positions")
-    if not isinstance(positions, list) or len(positions) != world.size:
-        return None
-    return positions[world.rank]
+    if state is None:
+        return None, shuffle
+    positions = state.get("stream_positions")
+    if not isinstance(positions, list):
+        return None, 0
+    shuffle = state.get("stream_shuffle", shuffle)
+    if len(positions) != world.size:
+        return None, shuffle
+    return positions[world.rank], shuffle
 
 
 def fingerprint(obj: Any) -> int:

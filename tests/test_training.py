@@ -293,3 +293,33 @@ def test_a_tar_shard_run_resumes_from_its_stream_position(tmp_path, monkeypatch)
     assert replayed == []
     a, b = _losses(tmp_path / "a"), _losses(tmp_path / "b")
     assert sorted(b) == list(range(1, 11)) and a == b
+
+
+def test_a_tar_run_from_before_stream_positions_resumes_in_file_order(tmp_path):
+    """A checkpoint without stream positions comes from a version that read tar shards in
+    file order (no stream_shuffle in its config either): the resumed run keeps that order,
+    and so do the checkpoints it writes, so it equals the uninterrupted run."""
+    from aimv2.testing import write_tar_shards
+    from aimv2.text import Tokenizer
+
+    captions = write_tar_shards(tmp_path, 2, 6)
+    tok = tmp_path / "tok.model"
+    Tokenizer.train(captions * 2, 30, tok, hard_vocab_limit=False)
+    kw = dict(data=str(tmp_path / "s-*.tar"), tokenizer=str(tok), steps=9, save_every=3)
+    pretrain(_cfg(tmp_path / "straight", stream_shuffle=0, **kw))
+    pretrain(_cfg(tmp_path / "old", stream_shuffle=0, stop_after=3, **kw))
+    state_file = checkpoint.directory(tmp_path / "old", 3) / "state.json"
+    state = json.loads(state_file.read_text())
+    for key in ("stream_positions", "stream_shuffle"):  # what an older version wrote
+        del state[key]
+    del state["config"]["stream_shuffle"]
+    state_file.write_text(json.dumps(state))
+    pretrain(_cfg(tmp_path / "old", resume=True, stop_after=6, **kw))  # default flags
+    assert (
+        json.loads((checkpoint.directory(tmp_path / "old", 6) / "state.json").read_text())[
+            "stream_shuffle"
+        ]
+        == 0
+    )
+    pretrain(_cfg(tmp_path / "old", resume=True, **kw))
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "old")

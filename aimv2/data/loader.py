@@ -63,6 +63,7 @@ def _shuffled(items: Iterator[Item], size: int, rng: np.random.Generator) -> Ite
 
 
 Position = tuple[int, int]  # (pass, items of that pass already handed out)
+STREAM_SHUFFLE = 1000  # the default sample buffer of tar-shard streams
 
 
 class _Pushback:
@@ -194,7 +195,7 @@ class Loader:
         hflip: bool = True,
         caption_sampling: str = "first",
         reduced_decode: bool = True,
-        stream_shuffle: int = 1000,
+        stream_shuffle: int = STREAM_SHUFFLE,
         stream_position: Sequence[int] | None = None,
         worker_type: str = "process",
         start_method: str | None = None,

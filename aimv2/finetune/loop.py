@@ -28,6 +28,7 @@ from .. import distributed as D
 from .. import specs as S
 from ..backend import build, load_backend
 from ..data import IndexedSource, Loader, TarShardSource
+from ..data.loader import STREAM_SHUFFLE
 from ..formats import save_pretrained
 from ..inputs import check_classifier_batch
 from ..lora import has_lora, merge_lora
@@ -157,6 +158,9 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
     if world.is_main:
         atomic.write_json(out / "config.json", cfg.to_dict() | {"spec": spec.to_dict()})
     local = cfg.batch_size // world.size
+    position, shuffle = None, STREAM_SHUFFLE
+    if isinstance(train_src, TarShardSource):
+        position, shuffle = D.stream_resume(ck.state if ck else None, world, shuffle)
     try:
         loader = Loader(
             train_src,
@@ -171,11 +175,8 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
             world_size=world.size,
             scale=tuple(cfg.crop_scale),
             hflip=cfg.hflip,
-            stream_position=(
-                D.saved_stream_position(ck.state if ck else None, world)
-                if isinstance(train_src, TarShardSource)
-                else None
-            ),
+            stream_shuffle=shuffle,
+            stream_position=position,
         )
     except ValueError as err:
         raise FinetuneError(f"data loader: {err}") from None
@@ -231,6 +232,7 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
                 extra = {}
                 if position is not None:
                     extra["stream_positions"] = D.stream_positions(world, position)
+                    extra["stream_shuffle"] = shuffle
                 last_ckpt = _save(cfg, spec, world, trainer, out, step, state | extra)
     finally:
         progress.close()

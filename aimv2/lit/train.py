@@ -34,6 +34,7 @@ from .. import distributed as D
 from .. import specs as S
 from ..backend import build, get_weights, load_backend, set_weights
 from ..data import Loader, TarShardSource, open_source
+from ..data.loader import STREAM_SHUFFLE
 from ..optim import lr_at
 from ..probe import extract_features
 from ..progress import OWN_ETA_FORMAT, Progress
@@ -156,9 +157,9 @@ def _image_batches(
 ) -> Iterator[dict[str, Any]]:
     try:
         source = open_source(cfg.data, split="train", seed=cfg.seed)
-        position = None
+        position, shuffle = None, STREAM_SHUFFLE
         if isinstance(source, TarShardSource):
-            position = D.saved_stream_position(state, world)
+            position, shuffle = D.stream_resume(state, world, shuffle)
         loader = Loader(
             source,
             spec.image_encoder,
@@ -173,6 +174,7 @@ def _image_batches(
             context_length=spec.text_encoder.context_length,
             scale=tuple(cfg.crop_scale),
             hflip=cfg.hflip,
+            stream_shuffle=shuffle,
             stream_position=position,
         )
     except (FileNotFoundError, ValueError) as err:
@@ -183,6 +185,7 @@ def _image_batches(
                 "images": batch["images"],
                 "tokens": batch["tokens"],
                 "stream_position": batch["stream_position"],
+                "stream_shuffle": shuffle,
             }
     finally:
         loader_close = getattr(loader, "close", None)
@@ -313,6 +316,7 @@ def _train(
             if step >= end:
                 break
             position = batch.pop("stream_position", None)
+            shuffle = batch.pop("stream_shuffle", None)
             lr = lr_at(optim, step)
             try:
                 values = trainer.step([batch], lr)
@@ -344,6 +348,7 @@ def _train(
                 extra = {}
                 if position is not None:
                     extra["stream_positions"] = D.stream_positions(world, position)
+                    extra["stream_shuffle"] = shuffle
                 last = _save(cfg, spec, world, trainer, model, out, step, state | extra)
     finally:
         shown.close()

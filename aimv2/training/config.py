@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import presets
 from .. import specs as S
+from ..data.loader import STREAM_SHUFFLE
 from ..optim import OptimConfig, paper_peak_lr
 from ..text import Tokenizer, builtin_tokenizer
 
@@ -154,7 +155,7 @@ class PretrainConfig:
         default=True, metadata={"help": "decode JPEGs at the reduced size the crop needs"}
     )
     stream_shuffle: int = field(
-        default=1000,
+        default=STREAM_SHUFFLE,
         metadata={
             "help": "tar shards: samples mixed through a buffer of this many, shards in a new "
             "order each pass (1: shards only, 0: file order)"

@@ -210,6 +210,9 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
     except OSError as err:
         raise TrainingError(f"--out {str(out)!r}: {err}") from None
     local_batch = cfg.batch_size // world.size
+    position, shuffle = None, cfg.stream_shuffle
+    if isinstance(source, TarShardSource):
+        position, shuffle = D.stream_resume(ck.state if ck else None, world, shuffle)
     try:
         loader = Loader(
             source,
@@ -227,12 +230,8 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
             hflip=cfg.hflip,
             caption_sampling=cfg.caption_sampling,
             reduced_decode=cfg.reduced_decode,
-            stream_shuffle=cfg.stream_shuffle,
-            stream_position=(
-                D.saved_stream_position(ck.state if ck else None, world)
-                if isinstance(source, TarShardSource)
-                else None
-            ),
+            stream_shuffle=shuffle,
+            stream_position=position,
         )
     except ValueError as err:  # e.g. fewer tar shards than ranks, a bad crop scale
         raise TrainingError(f"data loader: {err}") from None
@@ -321,6 +320,7 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
                 extra = {"optimizer_step": trainer.step_count}
                 if position is not None:
                     extra["stream_positions"] = D.stream_positions(world, position)
+                    extra["stream_shuffle"] = shuffle
                 last_ckpt = _save(cfg, spec, world, trainer, model, out, step, state | extra)
     except OSError as err:  # a full disk, a vanished --out, a read-only filesystem
         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint yet"
