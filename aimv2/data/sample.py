@@ -317,7 +317,17 @@ class IndexedSource(Source):
 
     def captions(self) -> Iterator[tuple[str, ...]]:
         """Every sample's captions in index order, read without decoding the images of
-        file-backed sources (:meth:`Source.captions`)."""
+        file-backed sources (:meth:`Source.captions`).
+
+        Example:
+            >>> import io, json, tempfile, pathlib
+            >>> from aimv2.data import open_source
+            >>> d = pathlib.Path(tempfile.mkdtemp())
+            >>> _ = (d / "a.jpg").write_bytes(b"never decoded")
+            >>> _ = (d / "m.jsonl").write_text(json.dumps({"image": "a.jpg", "caption": ["x", "y"]}))
+            >>> list(open_source(d / "m.jsonl").captions())
+            [('x', 'y')]
+        """
         for i in range(len(self)):
             try:
                 yield self._load_raw(i).captions

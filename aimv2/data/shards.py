@@ -199,7 +199,15 @@ class TarShardSource(StreamSource):
             return None
 
     def captions(self) -> Iterator[tuple[str, ...]]:
-        """Every complete record's captions in shard order; no image is decoded."""
+        """Every complete record's captions in shard order; no image is decoded.
+
+        Example:
+            >>> import tempfile
+            >>> from aimv2.testing import write_tar_shards
+            >>> d = tempfile.mkdtemp(); _ = write_tar_shards(d, 1, 2, corrupt={(0, 0)})
+            >>> list(TarShardSource(d + "/s-0.tar").captions())
+            [('a noisy picture number 0',), ('a noisy picture number 1',)]
+        """
         for rec in self.records():
             raw = self.raw(rec)
             if raw is not None:
