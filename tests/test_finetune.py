@@ -335,11 +335,11 @@ def test_a_tar_shard_finetune_resumes_from_its_stream_position(tmp_path, monkeyp
 
     write_tar_shards(tmp_path, 3, 6, corrupt={(1, 0)}, classes=3, size=(16, 16))
     kw = dict(data=str(tmp_path / "s-*.tar"), heldout=str(tmp_path / "s-0.tar"), steps=6)
-    kw |= dict(save_every=2)
+    kw |= dict(save_every=2, stream_shuffle=3)
     finetune(_cfg(tmp_path / "a", **kw))  # 17 readable, batches of 8: into the third pass
     finetune(_cfg(tmp_path / "b", stop_after=4, **kw))
     state = json.loads((checkpoint.directory(tmp_path / "b", 4) / "state.json").read_text())
-    assert state["stream_positions"][0][0] == 1
+    assert state["stream_positions"][0][0] == 1 and state["stream_shuffle"] == 3
     replayed: list[int] = []
     real = BatchMaker.run
 

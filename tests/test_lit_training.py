@@ -238,11 +238,11 @@ def test_a_tar_shard_lit_run_resumes_from_its_stream_position(tmp_path, monkeypa
     tok = tmp_path / "tok.model"
     Tokenizer.train(captions * 2, 30, tok, hard_vocab_limit=False)
     kw = dict(data=str(tmp_path / "s-*.tar"), tokenizer=str(tok), image_tower="unlocked")
-    kw |= dict(steps=6, save_every=2, backend=INSTALLED[0])
+    kw |= dict(steps=6, save_every=2, backend=INSTALLED[0], stream_shuffle=3)
     lit_train(_cfg(tmp_path / "a", **kw))  # 17 readable, batches of 8: into the third pass
     lit_train(_cfg(tmp_path / "b", stop_after=4, **kw))
     state = json.loads((checkpoint.directory(tmp_path / "b", 4) / "state.json").read_text())
-    assert state["stream_positions"][0][0] == 1
+    assert state["stream_positions"][0][0] == 1 and state["stream_shuffle"] == 3
     replayed: list[int] = []
     real = BatchMaker.run
 

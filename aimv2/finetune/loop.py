@@ -28,7 +28,6 @@ from .. import distributed as D
 from .. import specs as S
 from ..backend import build, load_backend
 from ..data import IndexedSource, Loader, TarShardSource
-from ..data.loader import STREAM_SHUFFLE
 from ..formats import save_pretrained
 from ..inputs import check_classifier_batch
 from ..lora import has_lora, merge_lora
@@ -158,7 +157,7 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
     if world.is_main:
         atomic.write_json(out / "config.json", cfg.to_dict() | {"spec": spec.to_dict()})
     local = cfg.batch_size // world.size
-    position, shuffle = None, STREAM_SHUFFLE
+    position, shuffle = None, cfg.stream_shuffle
     if isinstance(train_src, TarShardSource):
         position, shuffle = D.stream_resume(ck.state if ck else None, world, shuffle)
     try:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import specs as S
+from ..data.loader import STREAM_SHUFFLE
 from ..optim import OptimConfig
 
 __all__ = ["LitError", "LitConfig", "IMAGE_TOWERS", "optim_config"]
@@ -111,7 +112,14 @@ class LitConfig:
     resume: bool = field(
         default=False, metadata={"help": "continue from the newest checkpoint in --out"}
     )
-    num_workers: int = field(default=2, metadata={"help": "background data threads"})
+    num_workers: int = field(default=2, metadata={"help": "data-loader worker processes"})
+    stream_shuffle: int = field(
+        default=STREAM_SHUFFLE,
+        metadata={
+            "help": "tar shards: samples mixed through a buffer of this many, shards in a new "
+            "order each pass (1: shards only, 0: file order; a resumed run keeps its own)"
+        },
+    )
     compile: bool = field(default=False, metadata={"help": "torch.compile / mx.compile"})
     device: str | None = field(
         default=None, metadata={"help": "torch device (default: cuda if available)"}

@@ -34,7 +34,6 @@ from .. import distributed as D
 from .. import specs as S
 from ..backend import build, get_weights, load_backend, set_weights
 from ..data import Loader, TarShardSource, open_source
-from ..data.loader import STREAM_SHUFFLE
 from ..optim import lr_at
 from ..probe import extract_features
 from ..progress import OWN_ETA_FORMAT, Progress
@@ -157,7 +156,7 @@ def _image_batches(
 ) -> Iterator[dict[str, Any]]:
     try:
         source = open_source(cfg.data, split="train", seed=cfg.seed)
-        position, shuffle = None, STREAM_SHUFFLE
+        position, shuffle = None, cfg.stream_shuffle
         if isinstance(source, TarShardSource):
             position, shuffle = D.stream_resume(state, world, shuffle)
         loader = Loader(
