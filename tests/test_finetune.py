@@ -326,11 +326,10 @@ def test_a_released_layout_fine_tunes_at_a_new_size(tmp_path):
     assert isinstance(spec.head, S.AttentionPoolSpec)
 
 
-def test_a_tar_shard_finetune_resumes_from_its_stream_position(tmp_path, monkeypatch):
+def test_a_tar_shard_finetune_resumes_from_its_stream_position(tmp_path, replayed):
     import json
 
     from aimv2 import checkpoint
-    from aimv2.data.batches import BatchMaker
     from aimv2.testing import write_tar_shards
 
     write_tar_shards(tmp_path, 3, 6, corrupt={(1, 0)}, classes=3, size=(16, 16))
@@ -340,15 +339,6 @@ def test_a_tar_shard_finetune_resumes_from_its_stream_position(tmp_path, monkeyp
     finetune(_cfg(tmp_path / "b", stop_after=4, **kw))
     state = json.loads((checkpoint.directory(tmp_path / "b", 4) / "state.json").read_text())
     assert state["stream_positions"][0][0] == 1 and state["stream_shuffle"] == 3
-    replayed: list[int] = []
-    real = BatchMaker.run
-
-    def spy(self, job, out):
-        if job[0] == "stream" and job[4]:
-            replayed.append(job[1])
-        return real(self, job, out)
-
-    monkeypatch.setattr(BatchMaker, "run", spy)
     finetune(_cfg(tmp_path / "b", resume=True, **kw))
     assert replayed == []
     a = {r["step"]: r["loss"] for r in _rows(tmp_path / "a")}

@@ -229,8 +229,7 @@ def test_two_ranks_equal_one_process(tmp_path, launcher, extra):
     assert state["world_size"] == 2
 
 
-def test_a_tar_shard_lit_run_resumes_from_its_stream_position(tmp_path, monkeypatch):
-    from aimv2.data.batches import BatchMaker
+def test_a_tar_shard_lit_run_resumes_from_its_stream_position(tmp_path, replayed):
     from aimv2.testing import write_tar_shards
     from aimv2.text import Tokenizer
 
@@ -243,15 +242,6 @@ def test_a_tar_shard_lit_run_resumes_from_its_stream_position(tmp_path, monkeypa
     lit_train(_cfg(tmp_path / "b", stop_after=4, **kw))
     state = json.loads((checkpoint.directory(tmp_path / "b", 4) / "state.json").read_text())
     assert state["stream_positions"][0][0] == 1 and state["stream_shuffle"] == 3
-    replayed: list[int] = []
-    real = BatchMaker.run
-
-    def spy(self, job, out):
-        if job[0] == "stream" and job[4]:
-            replayed.append(job[1])
-        return real(self, job, out)
-
-    monkeypatch.setattr(BatchMaker, "run", spy)
     lit_train(_cfg(tmp_path / "b", resume=True, **kw))
     assert replayed == []
     a, b = _rows(tmp_path / "a"), _rows(tmp_path / "b")
