@@ -516,25 +516,32 @@ def term_weights(
     return out
 
 
-def stream_positions(world: World, position: Sequence[int]) -> list[list[int]]:
-    """Every rank's tar-stream position (pass, items), gathered (a collective on every
-    rank): what a checkpoint records so that a resumed run starts each rank's stream where
-    it was (:class:`aimv2.data.Loader`'s ``stream_position``).
+def stream_state(world: World, position: Sequence[int] | None, shuffle: int) -> dict[str, Any]:
+    """What a checkpoint records of a tar-shard stream: every rank's position (pass,
+    items), gathered (a collective on every rank), and the stream's shuffle buffer, so
+    that a resumed run starts each rank's stream where it was (:func:`stream_resume`).
+    Empty when there is no stream (``position`` None on every rank).
 
     Example:
-        >>> stream_positions(World(), (2, 17))
-        [[2, 17]]
+        >>> stream_state(World(), (2, 17), 1000)
+        {'stream_positions': [[2, 17]], 'stream_shuffle': 1000}
+        >>> stream_state(World(), None, 1000)
+        {}
     """
+    if position is None:
+        return {}
     flat = np.zeros(2 * world.size, np.int64)
     flat[2 * world.rank : 2 * world.rank + 2] = position
-    return world.sum_ints(flat).reshape(world.size, 2).tolist()
+    positions = world.sum_ints(flat).reshape(world.size, 2).tolist()
+    return {"stream_positions": positions, "stream_shuffle": shuffle}
 
 
 def stream_resume(
-    state: Mapping[str, Any] | None, world: World, shuffle: int
+    source: Any, state: Mapping[str, Any] | None, world: World, shuffle: int
 ) -> tuple[list[int] | None, int]:
-    """(stream position, stream shuffle) for this rank's tar-shard loader when resuming
-    from a checkpoint's ``state`` (None: a fresh run, which gets ``shuffle``). The
+    """(stream position, stream shuffle) for this rank's loader over ``source`` when
+    resuming from a checkpoint's ``state`` (None: a fresh run, which gets ``shuffle``;
+    a source that is not tar shards has no position). The
     checkpoint records both (``stream_positions`` per rank, ``stream_shuffle``); with
     another number of ranks there is no position (the loader replays the stream up to
     the step). A checkpoint without positions comes from before streams were shuffled:
@@ -542,12 +549,19 @@ def stream_resume(
     resumed run is the uninterrupted one.
 
     Example:
-        >>> stream_resume({"stream_positions": [[0, 5]], "stream_shuffle": 8}, World(), 1000)
+        >>> import tempfile
+        >>> from aimv2.data import open_source
+        >>> from aimv2.testing import write_tar_shards
+        >>> d = tempfile.mkdtemp(); _ = write_tar_shards(d, 1, 2)
+        >>> tar = open_source(d + "/s-0.tar")
+        >>> stream_resume(tar, {"stream_positions": [[0, 5]], "stream_shuffle": 8}, World(), 1000)
         ([0, 5], 8)
-        >>> stream_resume({"step": 3}, World(), 1000), stream_resume(None, World(), 1000)
+        >>> stream_resume(tar, {"step": 3}, World(), 1000), stream_resume(tar, None, World(), 1000)
         ((None, 0), (None, 1000))
     """
-    if state is None:
+    from .data import TarShardSource
+
+    if state is None or not isinstance(source, TarShardSource):
         return None, shuffle
     positions = state.get("stream_positions")
     if not isinstance(positions, list):

@@ -27,7 +27,7 @@ from .. import atomic, checkpoint
 from .. import distributed as D
 from .. import specs as S
 from ..backend import build, load_backend
-from ..data import IndexedSource, Loader, TarShardSource
+from ..data import IndexedSource, Loader
 from ..formats import save_pretrained
 from ..inputs import check_classifier_batch
 from ..lora import has_lora, merge_lora
@@ -157,9 +157,9 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
     if world.is_main:
         atomic.write_json(out / "config.json", cfg.to_dict() | {"spec": spec.to_dict()})
     local = cfg.batch_size // world.size
-    position, shuffle = None, cfg.stream_shuffle
-    if isinstance(train_src, TarShardSource):
-        position, shuffle = D.stream_resume(ck.state if ck else None, world, shuffle)
+    position, shuffle = D.stream_resume(
+        train_src, ck.state if ck else None, world, cfg.stream_shuffle
+    )
     try:
         loader = Loader(
             train_src,
@@ -228,10 +228,7 @@ def _finetune(cfg: FinetuneConfig, world: Any) -> dict[str, Any]:
                     f"lr {lr:.2e} eta {eta:.0f}s",
                 )
             if step % cfg.save_every == 0 or step == end:
-                extra = {}
-                if position is not None:
-                    extra["stream_positions"] = D.stream_positions(world, position)
-                    extra["stream_shuffle"] = shuffle
+                extra = D.stream_state(world, position, shuffle)
                 last_ckpt = _save(cfg, spec, world, trainer, out, step, state | extra)
     finally:
         progress.close()

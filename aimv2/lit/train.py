@@ -33,7 +33,7 @@ from .. import atomic, checkpoint, presets
 from .. import distributed as D
 from .. import specs as S
 from ..backend import build, get_weights, load_backend, set_weights
-from ..data import Loader, TarShardSource, open_source
+from ..data import Loader, open_source
 from ..optim import lr_at
 from ..probe import extract_features
 from ..progress import OWN_ETA_FORMAT, Progress
@@ -156,9 +156,7 @@ def _image_batches(
 ) -> Iterator[dict[str, Any]]:
     try:
         source = open_source(cfg.data, split="train", seed=cfg.seed)
-        position, shuffle = None, cfg.stream_shuffle
-        if isinstance(source, TarShardSource):
-            position, shuffle = D.stream_resume(state, world, shuffle)
+        position, shuffle = D.stream_resume(source, state, world, cfg.stream_shuffle)
         loader = Loader(
             source,
             spec.image_encoder,
@@ -344,10 +342,7 @@ def _train(
                 )
                 window_t, window_n = now, 0
             if step % cfg.save_every == 0 or step == end:
-                extra = {}
-                if position is not None:
-                    extra["stream_positions"] = D.stream_positions(world, position)
-                    extra["stream_shuffle"] = shuffle
+                extra = D.stream_state(world, position, shuffle)
                 last = _save(cfg, spec, world, trainer, model, out, step, state | extra)
     finally:
         shown.close()

@@ -30,7 +30,7 @@ from .. import atomic, checkpoint
 from .. import distributed as D
 from .. import specs as S
 from ..backend import build, get_weights, load_backend, set_weights
-from ..data import Loader, TarShardSource, open_source
+from ..data import Loader, open_source
 from ..masks import sample_prefix
 from ..optim import lr_at, paper_peak_lr
 from ..weights import WeightsError
@@ -210,9 +210,7 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
     except OSError as err:
         raise TrainingError(f"--out {str(out)!r}: {err}") from None
     local_batch = cfg.batch_size // world.size
-    position, shuffle = None, cfg.stream_shuffle
-    if isinstance(source, TarShardSource):
-        position, shuffle = D.stream_resume(ck.state if ck else None, world, shuffle)
+    position, shuffle = D.stream_resume(source, ck.state if ck else None, world, cfg.stream_shuffle)
     try:
         loader = Loader(
             source,
@@ -317,10 +315,9 @@ def _pretrain(cfg: PretrainConfig, spec: S.ModelSpec, world: Any) -> dict[str, A
                 progress.update(step, row, eta)
                 window_t, window_n = now, 0
             if step % cfg.save_every == 0 or step == end:
-                extra = {"optimizer_step": trainer.step_count}
-                if position is not None:
-                    extra["stream_positions"] = D.stream_positions(world, position)
-                    extra["stream_shuffle"] = shuffle
+                extra = {"optimizer_step": trainer.step_count} | D.stream_state(
+                    world, position, shuffle
+                )
                 last_ckpt = _save(cfg, spec, world, trainer, model, out, step, state | extra)
     except OSError as err:  # a full disk, a vanished --out, a read-only filesystem
         where = f"the last good checkpoint is {last_ckpt}" if last_ckpt else "no checkpoint yet"
