@@ -12,8 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.loader import STREAM_SHUFFLE
 from ..optim import OptimConfig
+from ..training.config import stream_shuffle_field
 
 __all__ = ["FinetuneError", "FinetuneConfig", "optim_config", "HEADS"]
 
@@ -119,13 +119,7 @@ class FinetuneConfig:
         default=False, metadata={"help": "continue from the newest checkpoint in --out"}
     )
     num_workers: int = field(default=2, metadata={"help": "data-loader worker processes"})
-    stream_shuffle: int = field(
-        default=STREAM_SHUFFLE,
-        metadata={
-            "help": "tar shards: samples mixed through a buffer of this many, shards in a new "
-            "order each pass (1: shards only, 0: file order; a resumed run keeps its own)"
-        },
-    )
+    stream_shuffle: int = stream_shuffle_field()
     compile: bool = field(default=False, metadata={"help": "torch.compile / mx.compile"})
     autocast: str | None = field(
         default=None, metadata={"help": "bf16 autocast (torch, CUDA)", "choices": ("bf16",)}

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import specs as S
-from ..data.loader import STREAM_SHUFFLE
 from ..optim import OptimConfig
+from ..training.config import stream_shuffle_field
 
 __all__ = ["LitError", "LitConfig", "IMAGE_TOWERS", "optim_config"]
 
@@ -113,13 +113,7 @@ class LitConfig:
         default=False, metadata={"help": "continue from the newest checkpoint in --out"}
     )
     num_workers: int = field(default=2, metadata={"help": "data-loader worker processes"})
-    stream_shuffle: int = field(
-        default=STREAM_SHUFFLE,
-        metadata={
-            "help": "tar shards: samples mixed through a buffer of this many, shards in a new "
-            "order each pass (1: shards only, 0: file order; a resumed run keeps its own)"
-        },
-    )
+    stream_shuffle: int = stream_shuffle_field()
     compile: bool = field(default=False, metadata={"help": "torch.compile / mx.compile"})
     device: str | None = field(
         default=None, metadata={"help": "torch device (default: cuda if available)"}

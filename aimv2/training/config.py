@@ -20,11 +20,35 @@ from ..data.loader import STREAM_SHUFFLE
 from ..optim import OptimConfig, paper_peak_lr
 from ..text import Tokenizer, builtin_tokenizer
 
-__all__ = ["TrainingError", "PretrainConfig", "resolve_spec", "load_tokenizer", "optim_config"]
+__all__ = [
+    "TrainingError",
+    "PretrainConfig",
+    "resolve_spec",
+    "load_tokenizer",
+    "optim_config",
+    "stream_shuffle_field",
+]
 
 
 class TrainingError(RuntimeError):
     """A run cannot start or continue (bad input, NaN loss, mismatched checkpoint)."""
+
+
+def stream_shuffle_field() -> Any:
+    """The ``stream_shuffle`` field every training config has (pretrain, LiT, finetune):
+    its default and its flag's help, written once.
+
+    Example:
+        >>> stream_shuffle_field().default
+        1000
+    """
+    return field(
+        default=STREAM_SHUFFLE,
+        metadata={
+            "help": "tar shards: samples mixed through a buffer of this many, shards in a new "
+            "order each pass (1: shards only, 0: file order; a resumed run keeps its own)"
+        },
+    )
 
 
 @dataclass
@@ -154,13 +178,7 @@ class PretrainConfig:
     reduced_decode: bool = field(
         default=True, metadata={"help": "decode JPEGs at the reduced size the crop needs"}
     )
-    stream_shuffle: int = field(
-        default=STREAM_SHUFFLE,
-        metadata={
-            "help": "tar shards: samples mixed through a buffer of this many, shards in a new "
-            "order each pass (1: shards only, 0: file order)"
-        },
-    )
+    stream_shuffle: int = stream_shuffle_field()
     allow_outside_paths: bool = field(
         default=False,
         metadata={
