@@ -100,10 +100,6 @@ class _Job:
     entries: list[tuple[Position, Item]]
     ticket: int
 
-    @property
-    def items(self) -> list[Item]:
-        return [item for _, item in self.entries]
-
 
 @dataclass
 class _Part:
@@ -506,10 +502,10 @@ class Loader:
                 part.last = job.entries[-1][0]
                 if job.step >= self.start_step:
                     self._replay(made)
-                failed_in_row = failed_in_row + len(job.items) if made.count == 0 else 0
+                failed_in_row = failed_in_row + len(job.entries) if made.count == 0 else 0
                 if self._pass_len and failed_in_row >= self._pass_len:
                     raise unreadable(self.source)
-                if part.filled < b and made.count < len(job.items):
+                if part.filled < b and made.count < len(job.entries):
                     for stale in pending:  # their items start later than they assumed
                         runner.wait(stale.ticket)
                     items.push_front([e for stale in pending for e in stale.entries])
